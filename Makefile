@@ -1,0 +1,27 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both build .venv from the project's own files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+
+.PHONY: test lint pytest demo clean
+
+$(STAMP): pyproject.toml setup.cfg
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+test: lint pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check flask_bindcar tests
+	$(BIN)/ruff format --check flask_bindcar tests
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,324 @@
+"""Configuration: one table of settings, read once at startup, validated before the first request.
+
+Precedence, highest first: a constructor keyword, ``app.config`` (``BINDCAR_*``), the environment
+(``BIND_*``, the seed's names), the default. A value that cannot work raises `ConfigError` naming
+the variable, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from flask_bindcar.errors import ConfigError
+from flask_bindcar.identity import split_service_account
+
+logger = logging.getLogger("flask_bindcar")
+
+Mode = Literal["basic", "tokenreview"]
+Source = Literal["keyword", "app.config", "environment", "default"]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# RFC 6750 b64token: what a bearer token may consist of.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+INSTALL_HINT = "pip install 'flask-bindcar[k8s-token-review]'"
+KUBE_TRIO = ("KUBE_API_SERVER", "KUBE_TOKEN_PATH", "KUBE_CA_CERT_PATH")
+
+
+def _bad(name: str, raw: Any, accepted: str) -> ConfigError:
+    return ConfigError(f"{name}={raw!r} is not valid: expected {accepted}")
+
+
+def split_list(raw: Any) -> list[str]:
+    """Items of a list setting: a string split on commas and newlines, or an iterable of strings.
+
+    Blanks are trimmed and empty items skipped, so a ConfigMap's newline-separated value works
+    as it is.
+    """
+    if isinstance(raw, str):
+        items: Iterable[Any] = re.split(r"[,\n]", raw)
+    elif isinstance(raw, Iterable):
+        items = raw
+    else:
+        raise TypeError
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _parse_list(name: str, raw: Any, *, what: str, valid: Callable[[str], bool]) -> tuple[str, ...]:
+    try:
+        items = split_list(raw)
+    except TypeError:
+        raise _bad(name, raw, f"a comma- or newline-separated list of {what}") from None
+    if not items:
+        raise ConfigError(f"{name}={raw!r} lists no {what}; leave it unset to allow all")
+    for item in items:
+        if not valid(item):
+            raise ConfigError(f"{name}: {item!r} is not valid: expected {what}")
+    return tuple(dict.fromkeys(items))
+
+
+def _mode(name: str, raw: Any) -> Mode:
+    value = str(raw).strip().lower()
+    if value == "basic":
+        return "basic"
+    if value == "tokenreview":
+        return "tokenreview"
+    raise _bad(name, raw, "'basic' or 'tokenreview'")
+
+
+def _audiences(name: str, raw: Any) -> tuple[str, ...]:
+    return _parse_list(name, raw, what="audiences", valid=lambda a: not any(c.isspace() for c in a))
+
+
+def parse_namespaces(name: str, raw: Any) -> frozenset[str]:
+    return frozenset(
+        _parse_list(
+            name, raw, what="namespaces (DNS labels such as dns-system)", valid=lambda n: bool(_DNS_LABEL.match(n))
+        )
+    )
+
+
+def _valid_service_account(item: str) -> bool:
+    parts = split_service_account(item)
+    return parts is not None and bool(_DNS_LABEL.match(parts[0])) and bool(_DNS_SUBDOMAIN.match(parts[1]))
+
+
+def parse_service_accounts(name: str, raw: Any) -> frozenset[str]:
+    what = "service accounts of the form system:serviceaccount:<namespace>:<name>"
+    return frozenset(_parse_list(name, raw, what=what, valid=_valid_service_account))
+
+
+def _api_token(name: str, raw: Any) -> str:
+    value = str(raw).strip()
+    if not B64TOKEN.fullmatch(value):
+        # Never echo a secret, even a malformed one.
+        raise ConfigError(
+            f"{name} is not valid: expected a non-empty bearer token (letters, digits, -._~+/ and trailing =)"
+        )
+    return value
+
+
+def _seconds(name: str, raw: Any, *, positive: bool) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
+        raise _bad(name, raw, "a number of seconds greater than 0" if positive else "a number of seconds, 0 or more")
+    return value
+
+
+def _ttl(name: str, raw: Any) -> float:
+    return _seconds(name, raw, positive=False)
+
+
+def _timeout(name: str, raw: Any) -> float:
+    return _seconds(name, raw, positive=True)
+
+
+def _size(name: str, raw: Any) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise _bad(name, raw, "a whole number of entries, 1 or more") from None
+    if value < 1:
+        raise _bad(name, raw, "a whole number of entries, 1 or more")
+    return value
+
+
+def _flag(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _bad(name, raw, "true or false")
+
+
+def _paths(name: str, raw: Any) -> frozenset[str]:
+    return frozenset(_parse_list(name, raw, what="URL paths starting with /", valid=lambda p: p.startswith("/")))
+
+
+def _text(name: str, raw: Any) -> str:
+    value = str(raw).strip()
+    if not value:
+        raise _bad(name, raw, "a non-empty value")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the configuration table."""
+
+    field: str
+    flask_key: str | None
+    env_key: str | None
+    default: Any
+    parse: Callable[[str, Any], Any]
+    blank_is_unset: bool = True
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("mode", "BINDCAR_AUTH_MODE", "BIND_AUTH_MODE", "basic", _mode),
+    Setting("audiences", "BINDCAR_TOKEN_AUDIENCES", "BIND_TOKEN_AUDIENCES", ("bindcar",), _audiences),
+    Setting(
+        "allowed_namespaces",
+        "BINDCAR_ALLOWED_NAMESPACES",
+        "BIND_ALLOWED_NAMESPACES",
+        None,
+        parse_namespaces,
+        blank_is_unset=False,
+    ),
+    Setting(
+        "allowed_service_accounts",
+        "BINDCAR_ALLOWED_SERVICE_ACCOUNTS",
+        "BIND_ALLOWED_SERVICE_ACCOUNTS",
+        None,
+        parse_service_accounts,
+        blank_is_unset=False,
+    ),
+    Setting("api_token", "BINDCAR_API_TOKEN", "BIND_API_TOKEN", None, _api_token, blank_is_unset=False),
+    Setting("cache_ttl", "BINDCAR_TOKEN_CACHE_TTL", "BIND_TOKEN_CACHE_TTL", 10.0, _ttl),
+    Setting("cache_failure_ttl", "BINDCAR_TOKEN_CACHE_FAILURE_TTL", "BIND_TOKEN_CACHE_FAILURE_TTL", 10.0, _ttl),
+    Setting("cache_size", "BINDCAR_TOKEN_CACHE_SIZE", "BIND_TOKEN_CACHE_SIZE", 10000, _size),
+    Setting("review_timeout", "BINDCAR_TOKEN_REVIEW_TIMEOUT", "BIND_TOKEN_REVIEW_TIMEOUT", 5.0, _timeout),
+    Setting("kubeconfig", "BINDCAR_KUBECONFIG", "KUBECONFIG", None, _text),
+    Setting("kube_api_server", None, "KUBE_API_SERVER", None, _text),
+    Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
+    Setting("kube_ca_cert_path", None, "KUBE_CA_CERT_PATH", None, _text),
+    Setting("protect_all", "BINDCAR_PROTECT_ALL", None, True, _flag),
+    Setting("exempt_paths", "BINDCAR_EXEMPT_PATHS", "BIND_AUTH_EXEMPT_PATHS", frozenset(), _paths),
+)
+
+
+_dotenv_loaded = False
+
+
+def _load_dotenv_once() -> None:
+    """Read a ``.env`` file when python-dotenv is installed, never overriding variables already set."""
+    global _dotenv_loaded
+    if _dotenv_loaded:
+        return
+    _dotenv_loaded = True
+    try:
+        import dotenv
+    except ImportError:
+        return
+    path = dotenv.find_dotenv(usecwd=True)
+    if path:
+        dotenv.load_dotenv(path, override=False)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The resolved configuration. Build it with `AuthConfig.load`."""
+
+    mode: Mode = "basic"
+    audiences: tuple[str, ...] = ("bindcar",)
+    allowed_namespaces: frozenset[str] | None = None
+    allowed_service_accounts: frozenset[str] | None = None
+    api_token: str | None = field(default=None, repr=False)
+    cache_ttl: float = 10.0
+    cache_failure_ttl: float = 10.0
+    cache_size: int = 10000
+    review_timeout: float = 5.0
+    kubeconfig: str | None = None
+    kube_api_server: str | None = None
+    kube_token_path: str | None = None
+    kube_ca_cert_path: str | None = None
+    protect_all: bool = True
+    exempt_paths: frozenset[str] = frozenset()
+    sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
+    """For each setting: where its value came from, and the name it was given there."""
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        app_config: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> AuthConfig:
+        """Resolve every setting by precedence and validate the result.
+
+        ``environ`` defaults to ``os.environ`` (after reading ``.env`` if python-dotenv is there).
+        """
+        overrides = dict(overrides or {})
+        known = {s.field for s in SETTINGS}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if environ is None:
+            _load_dotenv_once()
+            environ = os.environ
+        app_config = app_config or {}
+
+        values: dict[str, Any] = {}
+        sources: dict[str, tuple[Source, str]] = {}
+        for s in SETTINGS:
+            found = _lookup(s, overrides, app_config, environ)
+            if found is None:
+                values[s.field] = s.default
+                sources[s.field] = ("default", s.env_key or s.flask_key or s.field)
+            else:
+                source, name, raw = found
+                values[s.field] = s.parse(name, raw)
+                sources[s.field] = (source, name)
+        config = cls(**values, sources=sources)
+        config._check_combination()
+        return config
+
+    def _check_combination(self) -> None:
+        if self.mode != "tokenreview":
+            return
+        if importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError(f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}")
+        given = [name for name in KUBE_TRIO if getattr(self, name.lower())]
+        if given and len(given) != len(KUBE_TRIO):
+            missing = [name for name in KUBE_TRIO if name not in given]
+            raise ConfigError(
+                f"{', '.join(given)} set without {', '.join(missing)}: an explicit API server needs all of "
+                f"{', '.join(KUBE_TRIO)}, or none of them to use a kubeconfig or the in-cluster mount"
+            )
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.cache_ttl > 0 or self.cache_failure_ttl > 0
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as plain values for logs and diagnostics; the shared secret only as set/unset."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "api_token":
+                value = "set" if value else "unset"
+            elif isinstance(value, frozenset):
+                value = sorted(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def _lookup(
+    s: Setting, overrides: Mapping[str, Any], app_config: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[Source, str, Any] | None:
+    if overrides.get(s.field) is not None:
+        return "keyword", s.field, overrides[s.field]
+    if s.flask_key and app_config.get(s.flask_key) is not None:
+        return "app.config", s.flask_key, app_config[s.flask_key]
+    if s.env_key and s.env_key in environ:
+        raw = environ[s.env_key]
+        if raw.strip() or not s.blank_is_unset:
+            return "environment", s.env_key, raw
+    return None

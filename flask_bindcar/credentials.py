@@ -1,0 +1,31 @@
+"""Reading the bearer token out of an ``Authorization`` header, with the seed's messages."""
+
+from __future__ import annotations
+
+from flask_bindcar.config import B64TOKEN
+from flask_bindcar.errors import EMPTY_TOKEN, INVALID_FORMAT, MISSING_HEADER, AuthError
+
+MAX_TOKEN_LENGTH = 16384
+"""Longer tokens are rejected unread. Real ServiceAccount tokens are 1-2 KiB."""
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of ``Authorization: Bearer <token>``, or an `AuthError` with the seed's message.
+
+    The scheme compares case-insensitively (RFC 7235) and one or more spaces may follow it. The
+    token must be one RFC 6750 ``b64token``: exactly one credential, printable ASCII only. Two
+    ``Authorization`` headers reach a WSGI app joined by a comma, which no token contains, so
+    they are rejected too. A bare ``Bearer`` counts as an empty token, since servers strip the
+    trailing space of ``Bearer ``.
+    """
+    if header is None:
+        raise AuthError(MISSING_HEADER, challenge="none", reason="missing_header")
+    scheme, _, token = header.strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError(INVALID_FORMAT, challenge="invalid_request", reason="invalid_format")
+    token = token.strip(" ")
+    if not token:
+        raise AuthError(EMPTY_TOKEN, challenge="invalid_request", reason="empty_token")
+    if len(token) > MAX_TOKEN_LENGTH or not B64TOKEN.fullmatch(token):
+        raise AuthError(INVALID_FORMAT, challenge="invalid_request", reason="invalid_format")
+    return token

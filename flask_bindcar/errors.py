@@ -1,0 +1,83 @@
+"""Errors, and the seed's messages in one place.
+
+Every authentication failure is an `AuthError`: HTTP 401, a JSON body ``{"error": "<message>"}``
+and a ``WWW-Authenticate`` header as RFC 6750 section 3 asks. It subclasses werkzeug's
+`~werkzeug.exceptions.Unauthorized`, so Flask renders it, ``@app.errorhandler(401)`` overrides
+it, and, being itself a WSGI application, the middleware answers with it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from werkzeug.exceptions import Unauthorized
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+REALM = "bindcar"
+
+# The seed's messages (``Error Messages`` table and ``Testing`` examples).
+MISSING_HEADER = "Missing Authorization header"
+INVALID_FORMAT = "Invalid Authorization header format. Expected: Bearer <token>"
+EMPTY_TOKEN = "Empty token"
+INVALID_API_TOKEN = "Invalid API token"
+VALIDATION_FAILED = "Token validation failed: {reason}"
+CLIENT_FAILED = "Failed to create Kubernetes client: {why}"
+API_CALL_FAILED = "TokenReview API call failed: {why}"
+NOT_AUTHENTICATED = "token not authenticated"
+AUDIENCE_INVALID = "Token audience is not valid for bindcar"
+NO_USER_INFO = "No user information in TokenReview response"
+NAMESPACE_DENIED = "ServiceAccount from unauthorized namespace: {namespace}"
+NOT_SERVICE_ACCOUNT = "Not a ServiceAccount: {username}"
+SERVICE_ACCOUNT_DENIED = "ServiceAccount not authorized: {username}"
+
+Challenge = Literal["none", "invalid_request", "invalid_token"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work, raised at startup; the message names the variable."""
+
+
+class AuthError(Unauthorized):
+    """A request that failed authentication: 401 with the seed's message as a JSON body.
+
+    ``challenge`` selects the RFC 6750 ``error`` attribute of ``WWW-Authenticate``: ``none`` when
+    no credentials came, ``invalid_request`` for a malformed header, ``invalid_token`` otherwise.
+    ``reason`` is a short, stable label for logs and metrics.
+    """
+
+    def __init__(self, message: str, *, challenge: Challenge = "invalid_token", reason: str = "invalid_token"):
+        super().__init__(description=message)
+        self.message = message
+        self.challenge = challenge
+        self.reason = reason
+
+    @classmethod
+    def validation_failed(cls, reason_text: str, *, reason: str) -> AuthError:
+        return cls(VALIDATION_FAILED.format(reason=reason_text), reason=reason)
+
+    @property
+    def www_authenticate_value(self) -> str:
+        value = f'Bearer realm="{REALM}"'
+        if self.challenge != "none":
+            value += f', error="{self.challenge}"'
+        return value
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
+        return json.dumps({"error": self.message})
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("WWW-Authenticate", self.www_authenticate_value)]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Remove each secret from ``text``: a reason built from a server's answer may echo one."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    return text

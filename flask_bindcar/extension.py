@@ -1,0 +1,148 @@
+"""The Flask extension: ``BindcarAuth(app)``, ``@auth_required``, ``@auth_exempt``, ``current_identity``."""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from flask import Flask, current_app, g, request
+from werkzeug.local import LocalProxy
+
+from flask_bindcar.authenticator import Authenticator
+from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
+from flask_bindcar.identity import Identity
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXEMPT_ATTR = "_bindcar_exempt"
+EXEMPT_METHODS = frozenset({"OPTIONS"})
+"""CORS preflights carry no credentials; Flask answers them itself."""
+
+_G_IDENTITY = "_bindcar_identity"
+
+
+def _get_identity() -> Identity | None:
+    identity: Identity | None = g.get(_G_IDENTITY)
+    return identity
+
+
+current_identity: Identity | None = LocalProxy(_get_identity)  # type: ignore[assignment]
+"""The `Identity` of the current request, None-like (falsy) when it was not authenticated."""
+
+
+class BindcarAuth:
+    """Protects a Flask app with Kubernetes ServiceAccount bearer tokens.
+
+    ``BindcarAuth(app, **overrides)`` or ``BindcarAuth(**overrides).init_app(app)``. Keywords are
+    the `AuthConfig` field names and take precedence over ``app.config`` and the environment.
+    Unless ``BINDCAR_PROTECT_ALL`` is False, every view is protected but those marked
+    `auth_exempt`, the exempt paths and ``OPTIONS`` requests.
+    """
+
+    def __init__(self, app: Flask | None = None, **overrides: Any):
+        self._overrides = overrides
+        self._authenticators: weakref.WeakKeyDictionary[Flask, Authenticator] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Load and validate the configuration (`ConfigError` if it cannot work) and guard ``app``."""
+        self._authenticators[app] = Authenticator(AuthConfig.load(self._overrides, app.config))
+        app.extensions["bindcar"] = self
+        app.before_request(self._guard)
+
+    def authenticator(self, app: Flask | None = None) -> Authenticator:
+        """The `Authenticator` serving ``app`` (default: the current app)."""
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return self._authenticators[target]
+        except KeyError:
+            raise RuntimeError("BindcarAuth.init_app() was not called for this app") from None
+
+    def config(self, app: Flask | None = None) -> AuthConfig:
+        """The resolved configuration of ``app`` (default: the current app)."""
+        return self.authenticator(app).config
+
+    def _guard(self) -> None:
+        auth = self.authenticator()
+        if not auth.config.protect_all or _exempt(auth):
+            return
+        _authenticate(auth)
+
+
+def _exempt(auth: Authenticator) -> bool:
+    if request.method in EXEMPT_METHODS or request.path in auth.config.exempt_paths:
+        return True
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    return bool(getattr(view, EXEMPT_ATTR, False))
+
+
+def _request_info() -> dict[str, Any]:
+    return {"remote_addr": request.remote_addr, "method": request.method, "path": request.path}
+
+
+def _authenticate(auth: Authenticator) -> Identity:
+    identity: Identity | None = g.get(_G_IDENTITY)
+    if identity is None:
+        identity = auth.authenticate(request.headers.get("Authorization"), **_request_info())
+        setattr(g, _G_IDENTITY, identity)
+    return identity
+
+
+def _extension() -> BindcarAuth:
+    ext = current_app.extensions.get("bindcar")
+    if not isinstance(ext, BindcarAuth):
+        raise RuntimeError("@auth_required needs BindcarAuth(app) or BindcarAuth().init_app(app) first")
+    return ext
+
+
+@overload
+def auth_required(view: F) -> F: ...
+
+
+@overload
+def auth_required(
+    *, namespaces: Iterable[str] | str | None = None, service_accounts: Iterable[str] | str | None = None
+) -> Callable[[F], F]: ...
+
+
+def auth_required(
+    view: F | None = None,
+    *,
+    namespaces: Iterable[str] | str | None = None,
+    service_accounts: Iterable[str] | str | None = None,
+) -> F | Callable[[F], F]:
+    """Require an authenticated caller for this view, even with ``BINDCAR_PROTECT_ALL = False``.
+
+    With arguments it adds a stricter policy on top of the app's: the caller's namespace must be
+    in ``namespaces`` and its username in ``service_accounts``
+    (``system:serviceaccount:<ns>:<name>``), with the seed's messages when not. Works on async
+    views too.
+    """
+    allowed_ns = parse_namespaces("auth_required(namespaces=...)", namespaces) if namespaces is not None else None
+    allowed_sa = (
+        parse_service_accounts("auth_required(service_accounts=...)", service_accounts)
+        if service_accounts is not None
+        else None
+    )
+    if view is None:
+        return functools.partial(auth_required, namespaces=allowed_ns, service_accounts=allowed_sa)
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.method not in EXEMPT_METHODS:
+            auth = _extension().authenticator()
+            identity = _authenticate(auth)
+            if allowed_ns is not None or allowed_sa is not None:
+                auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info())
+        return current_app.ensure_sync(view)(*args, **kwargs)
+
+    return wrapper
+
+
+def auth_exempt(view: F) -> F:
+    """Let this view through without authentication (health and readiness probes, say)."""
+    setattr(view, EXEMPT_ATTR, True)
+    return view

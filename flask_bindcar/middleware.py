@@ -1,0 +1,66 @@
+"""WSGI middleware: the same authentication for any WSGI application.
+
+``BindcarMiddleware(app, **overrides)`` answers failures itself, with the same JSON body and
+headers as the Flask extension, and hands the caller's `Identity` to the application at
+``environ["bindcar.identity"]``. ``gunicorn 'flask_bindcar.middleware:wrap("pkg.module:app")'``
+wraps an application without writing code; configuration then comes from the environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from flask_bindcar.authenticator import Authenticator
+from flask_bindcar.config import AuthConfig
+from flask_bindcar.errors import AuthError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+ENVIRON_KEY = "bindcar.identity"
+EXEMPT_METHODS = frozenset({"OPTIONS"})
+
+
+class BindcarMiddleware:
+    """Authenticate every request before it reaches ``app``.
+
+    Keywords are the `AuthConfig` field names and take precedence over the environment. Requests
+    to the exempt paths (``BIND_AUTH_EXEMPT_PATHS``) and ``OPTIONS`` requests pass unauthenticated.
+    """
+
+    def __init__(self, app: WSGIApplication, **overrides: Any):
+        self.app = app
+        self.config = AuthConfig.load(overrides)
+        self.authenticator = Authenticator(self.config)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") in EXEMPT_METHODS or environ.get("PATH_INFO", "") in self.config.exempt_paths:
+            return self.app(environ, start_response)
+        try:
+            environ[ENVIRON_KEY] = self.authenticator.authenticate(
+                environ.get("HTTP_AUTHORIZATION"),
+                remote_addr=environ.get("REMOTE_ADDR"),
+                method=environ.get("REQUEST_METHOD"),
+                path=environ.get("PATH_INFO"),
+            )
+        except AuthError as e:
+            return e(environ, start_response)
+        return self.app(environ, start_response)
+
+
+def load_app(target: str) -> WSGIApplication:
+    """Import ``"pkg.module:attr"`` (``attr`` may be dotted; default ``application``)."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "application").split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{target} is not a WSGI application")
+    return obj  # type: ignore[no-any-return]
+
+
+def wrap(target: str, **overrides: Any) -> BindcarMiddleware:
+    """``BindcarMiddleware`` around the application named ``"pkg.module:app"``, for gunicorn."""
+    return BindcarMiddleware(load_app(target), **overrides)

@@ -1,0 +1,64 @@
+"""From a TokenReview outcome to an `Identity`, and the allowlists applied to it.
+
+Applied on every request, cached outcome or not, so a configuration change takes effect at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from flask_bindcar.errors import (
+    AUDIENCE_INVALID,
+    NAMESPACE_DENIED,
+    NO_USER_INFO,
+    NOT_AUTHENTICATED,
+    NOT_SERVICE_ACCOUNT,
+    SERVICE_ACCOUNT_DENIED,
+    AuthError,
+)
+from flask_bindcar.identity import Identity, split_service_account
+from flask_bindcar.kube import ReviewOutcome
+
+
+def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> Identity:
+    """The caller the API server vouched for, or the seed's `AuthError` for what it did not vouch."""
+    if not outcome.authenticated:
+        raise AuthError.validation_failed(outcome.error or NOT_AUTHENTICATED, reason="not_authenticated")
+    granted = tuple(a for a in outcome.audiences if a in audiences)
+    if not granted:
+        raise AuthError.validation_failed(AUDIENCE_INVALID, reason="audience")
+    user = outcome.user
+    if user is None:
+        raise AuthError.validation_failed(NO_USER_INFO, reason="no_user")
+    username = str(user["username"])
+    sa = split_service_account(username)
+    extra = user.get("extra") or {}
+    return Identity(
+        method="tokenreview",
+        username=username,
+        uid=str(user["uid"]) if user.get("uid") else None,
+        groups=tuple(str(g) for g in user.get("groups") or ()),
+        extra={str(k): tuple(str(v) for v in (vs or ())) for k, vs in extra.items()} if isinstance(extra, dict) else {},
+        audiences=granted,
+        namespace=sa[0] if sa else None,
+        service_account=sa[1] if sa else None,
+    )
+
+
+def authorize(
+    identity: Identity,
+    namespaces: Collection[str] | None,
+    service_accounts: Collection[str] | None,
+) -> None:
+    """Apply a namespace and a ServiceAccount allowlist (None allows all); fail closed."""
+    if namespaces is not None:
+        if identity.namespace is None:
+            raise AuthError.validation_failed(
+                NOT_SERVICE_ACCOUNT.format(username=identity.username or "(anonymous)"), reason="not_service_account"
+            )
+        if identity.namespace not in namespaces:
+            raise AuthError.validation_failed(NAMESPACE_DENIED.format(namespace=identity.namespace), reason="namespace")
+    if service_accounts is not None and identity.username not in service_accounts:
+        raise AuthError.validation_failed(
+            SERVICE_ACCOUNT_DENIED.format(username=identity.username or "(anonymous)"), reason="service_account"
+        )

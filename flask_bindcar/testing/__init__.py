@@ -1,0 +1,41 @@
+"""Test without a cluster: a kube-apiserver stand-in and pytest fixtures.
+
+Needs the ``testing`` extra (``pip install 'flask-bindcar[testing]'``). Nothing here imports
+Flask or the ``kubernetes`` client, so any test suite can use it::
+
+    from flask_bindcar.testing import FakeCluster
+
+    with FakeCluster() as cluster:
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
+        token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+
+With pytest the ``fake_cluster`` and ``fake_kubeconfig`` fixtures are registered automatically.
+"""
+
+from __future__ import annotations
+
+from flask_bindcar.testing.cluster import (
+    API_AUDIENCE,
+    DEFAULT_CALLER,
+    FAULTS,
+    ISSUER,
+    FakeCluster,
+    Fault,
+    InClusterFiles,
+    Pod,
+    ServiceAccount,
+    token_hash,
+)
+
+__all__ = [
+    "API_AUDIENCE",
+    "DEFAULT_CALLER",
+    "FAULTS",
+    "ISSUER",
+    "FakeCluster",
+    "Fault",
+    "InClusterFiles",
+    "Pod",
+    "ServiceAccount",
+    "token_hash",
+]

@@ -1,0 +1,667 @@
+"""A stand-in for kube-apiserver, for tests and demos that have no cluster.
+
+`FakeCluster` is a real HTTPS server on 127.0.0.1 with its own throwaway CA. It signs RS256
+ServiceAccount tokens with the claims kube-apiserver puts in bound tokens and answers the
+TokenReview API the way kube-apiserver does for them: same status codes, same Status objects,
+same failure strings. The official ``kubernetes`` client talks to it through an ordinary
+kubeconfig (`FakeCluster.write_kubeconfig`) or in-cluster files (`FakeCluster.incluster_files`).
+
+It imports neither Flask nor the ``kubernetes`` client, so any test suite can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+import trustme
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+DEFAULT_CALLER = "system:serviceaccount:dns-system:bindcar"
+SA_PREFIX = "system:serviceaccount:"
+
+Fault = Literal["error500", "garbage", "reset", "hang"]
+FAULTS: tuple[Fault, ...] = ("error500", "garbage", "reset", "hang")
+
+TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def token_hash(token: str) -> str:
+    """The SHA-256 hex digest by which the stand-in records a reviewed token (never the token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def _go_quote_list(items: Iterable[str]) -> str:
+    """Format a string slice as Go's ``%q`` does: ``["a" "b"]``."""
+    return "[" + " ".join(json.dumps(i) for i in items) + "]"
+
+
+@dataclass
+class ServiceAccount:
+    namespace: str
+    name: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def username(self) -> str:
+        return f"{SA_PREFIX}{self.namespace}:{self.name}"
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True)
+class InClusterFiles:
+    """The files of a ServiceAccount mount, and the environment kubelet would set beside them."""
+
+    token: Path
+    ca_crt: Path
+    namespace: Path
+    environ: dict[str, str]
+
+
+class ReviewError(Exception):
+    """A token the cluster does not accept; ``str()`` is kube-apiserver's ``status.error``."""
+
+
+class FakeCluster:
+    """A kube-apiserver stand-in serving TokenReview over real TLS on 127.0.0.1.
+
+    Use it as a context manager (or `start` / `stop`). Cluster state may be changed while it
+    serves: service accounts, pods, the callers allowed to create TokenReviews, latency and faults.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, workdir: str | Path | None = None):
+        self._host = host
+        self._port = port
+        self._lock = threading.RLock()
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._public_key = self._key.public_key()
+        self._ca = trustme.CA()
+        self._server_cert = self._ca.issue_cert(host, "localhost")
+        self._workdir = Path(workdir) if workdir is not None else None
+        self._tmp: Any = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+        self.service_accounts: dict[tuple[str, str], ServiceAccount] = {}
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self._callers: dict[str, str] = {}  # caller token -> username (non-ServiceAccount callers)
+        self._reviewers: set[str] = {DEFAULT_CALLER}
+
+        self.latency = 0.0
+        """Seconds every TokenReview waits before it is answered."""
+        self.fault: Fault | None = None
+        """The fault every API request meets until it is set back to None."""
+        self.hang_seconds = 30.0
+        """How long the ``hang`` fault holds a request (ended early by `stop`)."""
+
+        self.reviews_served = 0
+        """TokenReviews answered with 201."""
+        self.review_requests = 0
+        """POSTs to the TokenReview endpoint, whatever their answer."""
+        self.token_hashes_seen: list[str] = []
+        """`token_hash` of each reviewed token, in order."""
+
+        self.caller_token = self.token("dns-system", "bindcar", audiences=[API_AUDIENCE], expires_in=10 * 365 * 86400)
+        """A token of the default caller, ``system:serviceaccount:dns-system:bindcar``, which may review."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeCluster:
+        if self._server is not None:
+            return self
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._server_cert.configure_cert(ctx)
+        server = _TLSServer((self._host, self._port), _Handler, ctx, self)
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(target=server.serve_forever, name="fake-cluster", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> FakeCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeCluster is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"https://{self._host}:{self.port}"
+
+    @property
+    def workdir(self) -> Path:
+        """A directory holding the CA file; removed by `stop` unless given to the constructor."""
+        if self._workdir is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="fake-cluster-")
+            self._workdir = Path(self._tmp.name)
+        return self._workdir
+
+    @property
+    def ca_path(self) -> Path:
+        path = self.workdir / "ca.crt"
+        if not path.exists():
+            self._ca.cert_pem.write_to_path(str(path))
+        return path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return bytes(self._ca.cert_pem.bytes())
+
+    # -- cluster state -----------------------------------------------------------------------
+
+    def create_service_account(self, namespace: str, name: str) -> ServiceAccount:
+        with self._lock:
+            sa = self.service_accounts.get((namespace, name))
+            if sa is None:
+                sa = self.service_accounts[(namespace, name)] = ServiceAccount(namespace, name)
+            return sa
+
+    def delete_service_account(self, namespace: str, name: str) -> None:
+        """Delete the account: its tokens stop authenticating, as in kube-apiserver."""
+        with self._lock:
+            self.service_accounts.pop((namespace, name), None)
+
+    def create_pod(self, namespace: str, name: str) -> Pod:
+        with self._lock:
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                pod = self.pods[(namespace, name)] = Pod(namespace, name)
+            return pod
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete the pod: tokens bound to it stop authenticating."""
+        with self._lock:
+            self.pods.pop((namespace, name), None)
+
+    def grant_token_review(self, username: str) -> None:
+        """Give a caller RBAC permission to ``create`` ``tokenreviews``."""
+        with self._lock:
+            self._reviewers.add(username)
+
+    def revoke_token_review(self, username: str) -> None:
+        with self._lock:
+            self._reviewers.discard(username)
+
+    def add_caller(self, username: str, *, can_review: bool = True) -> str:
+        """Register a non-ServiceAccount caller (a user with a static token); returns its token."""
+        token = "caller-" + uuid.uuid4().hex
+        with self._lock:
+            self._callers[token] = username
+            if can_review:
+                self._reviewers.add(username)
+        return token
+
+    def can_review(self, username: str) -> bool:
+        with self._lock:
+            return username in self._reviewers
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def token(
+        self,
+        namespace: str,
+        name: str,
+        audiences: Iterable[str] | None = None,
+        expires_in: float = 3600,
+        pod: str | None = None,
+        *,
+        not_before: float | None = None,
+    ) -> str:
+        """Mint a bound ServiceAccount token, as ``kubectl create token`` does.
+
+        The account (and the pod, when given) is created if it does not exist yet. Without
+        ``audiences`` the token is for the API server's own audience. A negative ``expires_in``
+        gives an already expired token; ``not_before`` a token not valid until then.
+        """
+        sa = self.create_service_account(namespace, name)
+        now = int(time.time())
+        nbf = int(not_before) if not_before is not None else now
+        claims: dict[str, Any] = {
+            "aud": list(audiences) if audiences is not None else [API_AUDIENCE],
+            "exp": now + int(expires_in),
+            "iat": now,
+            "iss": ISSUER,
+            "jti": str(uuid.uuid4()),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": name, "uid": sa.uid},
+            },
+            "nbf": nbf,
+            "sub": sa.username,
+        }
+        if pod is not None:
+            p = self.create_pod(namespace, pod)
+            claims["kubernetes.io"]["pod"] = {"name": p.name, "uid": p.uid}
+        return self._sign(claims)
+
+    def legacy_token(self, namespace: str, name: str) -> str:
+        """Mint a legacy Secret-based token: no ``aud``, no ``exp``."""
+        sa = self.create_service_account(namespace, name)
+        claims = {
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/secret.name": f"{name}-token-{uuid.uuid4().hex[:5]}",
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": sa.uid,
+            "sub": sa.username,
+        }
+        return self._sign(claims)
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": "fake-cluster"})
+
+    def authenticate(self, token: str, audiences: list[str] | None) -> tuple[dict[str, Any], list[str]]:
+        """Review a token as kube-apiserver's ServiceAccount authenticator does.
+
+        Returns ``(user, audiences)``; raises `ReviewError` carrying the ``status.error`` text, or
+        `LookupError` when the token is not a token of this cluster at all (no error is reported).
+        """
+        requested = audiences or [API_AUDIENCE]
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise LookupError("not a JWT") from None
+        if unverified.get("iss") not in (ISSUER, LEGACY_ISSUER):
+            raise LookupError("not issued by this cluster")
+        try:
+            claims = jwt.decode(
+                token,
+                self._public_key,
+                algorithms=["RS256"],
+                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.InvalidSignatureError:
+            raise ReviewError("[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]") from None
+        except jwt.PyJWTError as e:
+            raise ReviewError(f"[invalid bearer token, {e}]") from None
+
+        now = time.time()
+        legacy = claims.get("iss") == LEGACY_ISSUER
+        if legacy:
+            namespace = claims.get("kubernetes.io/serviceaccount/namespace", "")
+            name = claims.get("kubernetes.io/serviceaccount/service-account.name", "")
+            sa_uid = claims.get("kubernetes.io/serviceaccount/service-account.uid", "")
+            token_auds = [API_AUDIENCE]
+            pod_ref = None
+        else:
+            if "exp" in claims and now >= claims["exp"]:
+                raise ReviewError("[invalid bearer token, service account token has expired]")
+            if "nbf" in claims and now < claims["nbf"] - 60:  # kube-apiserver allows 60 s of skew
+                raise ReviewError("[invalid bearer token, service account token is not valid yet]")
+            k8s = claims.get("kubernetes.io", {})
+            namespace = k8s.get("namespace", "")
+            name = k8s.get("serviceaccount", {}).get("name", "")
+            sa_uid = k8s.get("serviceaccount", {}).get("uid", "")
+            aud = claims.get("aud", [])
+            token_auds = [aud] if isinstance(aud, str) else list(aud)
+            pod_ref = k8s.get("pod")
+
+        granted = [a for a in token_auds if a in requested]
+        if not granted:
+            raise ReviewError(
+                "[invalid bearer token, token audiences "
+                f"{_go_quote_list(token_auds)} is invalid for the target audiences {_go_quote_list(requested)}]"
+            )
+        with self._lock:
+            sa = self.service_accounts.get((namespace, name))
+            pod = self.pods.get((namespace, pod_ref["name"])) if pod_ref else None
+        if sa is None or sa.uid != sa_uid:
+            raise ReviewError(f"[invalid bearer token, service account {namespace}/{name} has been deleted]")
+        if pod_ref is not None and (pod is None or pod.uid != pod_ref.get("uid")):
+            raise ReviewError("[invalid bearer token, service account token has been invalidated]")
+
+        user: dict[str, Any] = {
+            "username": sa.username,
+            "uid": sa.uid,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+        }
+        if not legacy:
+            extra: dict[str, list[str]] = {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}
+            if pod is not None:
+                extra["authentication.kubernetes.io/pod-name"] = [pod.name]
+                extra["authentication.kubernetes.io/pod-uid"] = [pod.uid]
+            user["extra"] = extra
+        return user, granted
+
+    def _caller(self, authorization: str | None) -> str | None:
+        """The username of the API caller, or None when its credential is not known here."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        token = authorization[len("Bearer ") :].strip()
+        with self._lock:
+            if token in self._callers:
+                return self._callers[token]
+        try:
+            user, _ = self.authenticate(token, [API_AUDIENCE])
+        except (ReviewError, LookupError):
+            return None
+        return str(user["username"])
+
+    # -- files for clients -------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: str | Path, caller: str | None = None, *, namespace: str = "default") -> Path:
+        """Write a kubeconfig that ``kubernetes.config.load_kube_config`` accepts.
+
+        ``caller`` is the bearer token the client presents (default: `caller_token`). The file is
+        JSON, which every YAML loader reads.
+        """
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "fake-cluster", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}
+            ],
+            "users": [{"name": "caller", "user": {"token": caller if caller is not None else self.caller_token}}],
+            "contexts": [
+                {
+                    "name": "fake-cluster",
+                    "context": {"cluster": "fake-cluster", "user": "caller", "namespace": namespace},
+                }
+            ],
+            "current-context": "fake-cluster",
+            "preferences": {},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def incluster_files(
+        self, directory: str | Path, caller: str | None = None, *, namespace: str = "dns-system"
+    ) -> InClusterFiles:
+        """Write the files of a ServiceAccount mount (``token``, ``ca.crt``, ``namespace``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = InClusterFiles(
+            token=directory / "token",
+            ca_crt=directory / "ca.crt",
+            namespace=directory / "namespace",
+            environ={"KUBERNETES_SERVICE_HOST": self._host, "KUBERNETES_SERVICE_PORT": str(self.port)},
+        )
+        files.token.write_text(caller if caller is not None else self.caller_token)
+        files.ca_crt.write_bytes(self.ca_pem)
+        files.namespace.write_text(namespace)
+        return files
+
+    # -- faults ------------------------------------------------------------------------------
+
+    @contextmanager
+    def faulty(self, fault: Fault) -> Iterator[None]:
+        """Every API request meets ``fault`` inside the block."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
+        self.fault = fault
+        try:
+            yield
+        finally:
+            self.fault = None
+
+    def _count_review(self, token: str | None) -> None:
+        with self._lock:
+            self.review_requests += 1
+            if token:
+                self.token_hashes_seen.append(token_hash(token))
+
+
+def _spec_token(raw: bytes) -> str | None:
+    """The token a TokenReview body carries, if it can be found at all (for counting only)."""
+    try:
+        token = json.loads(raw)["spec"]["token"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return token if isinstance(token, str) else None
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """Does the TLS handshake in each connection's own thread, so one slow client blocks no one."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext, cluster: FakeCluster
+    ):
+        self.ssl_context = ctx
+        self.cluster = cluster
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Connections dropped by clients are normal here; keep stderr quiet."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _TLSServer
+    server_version = "fake-kube-apiserver"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Request lines are not logged: a stand-in must not print what tests send it."""
+
+    @property
+    def cluster(self) -> FakeCluster:
+        return self.server.cluster
+
+    def _send_json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _apply_fault(self) -> bool:
+        """Answer with the injected fault, if any. True when the request was answered."""
+        fault = self.cluster.fault
+        if fault is None:
+            return False
+        if fault == "error500":
+            self._send_json(
+                500, _status(500, "InternalError", "Internal error occurred: etcdserver: request timed out")
+            )
+        elif fault == "garbage":
+            data = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        elif fault == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+        elif fault == "hang":
+            self.cluster._stopping.wait(self.cluster.hang_seconds)
+            self.close_connection = True
+        return True
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/version":
+            if self._apply_fault():
+                return
+            self._send_json(
+                200,
+                {
+                    "major": "1",
+                    "minor": "31",
+                    "gitVersion": "v1.31.0-fake",
+                    "platform": "linux/amd64",
+                },
+            )
+            return
+        self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
+    def do_POST(self) -> None:
+        route = self.path.split("?")[0]
+        raw = self._read_body()
+        if route == TOKENREVIEW_PATH:
+            self._token_review(raw)
+        elif route == SSAR_PATH:
+            self._self_subject_access_review(raw)
+        else:
+            self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
+    def _decode(self, raw: bytes, kind: str) -> dict[str, Any] | None:
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            self._send_json(
+                400, _status(400, "BadRequest", f"the body of the request could not be decoded: {e.__class__.__name__}")
+            )
+            return None
+        if not isinstance(body, dict) or body.get("kind", kind) != kind or not isinstance(body.get("spec"), dict):
+            self._send_json(400, _status(400, "BadRequest", f"the body of the request is not a valid {kind}"))
+            return None
+        return body
+
+    def _token_review(self, raw: bytes) -> None:
+        cluster = self.cluster
+        cluster._count_review(_spec_token(raw))
+        if self._apply_fault():
+            return
+        caller = cluster._caller(self.headers.get("Authorization"))
+        if caller is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        if not cluster.can_review(caller):
+            message = (
+                f'tokenreviews.authentication.k8s.io is forbidden: User "{caller}" cannot create resource '
+                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope'
+            )
+            self._send_json(
+                403, _status(403, "Forbidden", message, {"group": "authentication.k8s.io", "kind": "tokenreviews"})
+            )
+            return
+        review = self._decode(raw, "TokenReview")
+        if review is None:
+            return
+        spec = review["spec"]
+        token = spec.get("token")
+        if not isinstance(token, str) or not token:
+            self._send_json(400, _status(400, "BadRequest", "token is required for TokenReview in authentication"))
+            return
+        audiences = spec.get("audiences") or []
+        if cluster.latency:
+            cluster._stopping.wait(cluster.latency)
+        status: dict[str, Any]
+        try:
+            user, granted = cluster.authenticate(token, list(audiences))
+            status = {"authenticated": True, "user": user, "audiences": granted}
+        except ReviewError as e:
+            status = {"user": {}, "error": str(e)}
+        except LookupError:
+            status = {"user": {}}
+        with cluster._lock:
+            cluster.reviews_served += 1
+        self._send_json(
+            201,
+            {
+                "kind": "TokenReview",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": status,
+            },
+        )
+
+    def _self_subject_access_review(self, raw: bytes) -> None:
+        if self._apply_fault():
+            return
+        caller = self.cluster._caller(self.headers.get("Authorization"))
+        if caller is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        review = self._decode(raw, "SelfSubjectAccessReview")
+        if review is None:
+            return
+        attrs = review["spec"].get("resourceAttributes") or {}
+        asks_review = (
+            attrs.get("group") == "authentication.k8s.io"
+            and attrs.get("resource") == "tokenreviews"
+            and attrs.get("verb") == "create"
+        )
+        allowed = asks_review and self.cluster.can_review(caller)
+        status: dict[str, Any] = {"allowed": allowed}
+        if allowed:
+            status["reason"] = f'RBAC: allowed by ClusterRoleBinding "bindcar-tokenreview" to User "{caller}"'
+        self._send_json(
+            201,
+            {
+                "kind": "SelfSubjectAccessReview",
+                "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": review["spec"],
+                "status": status,
+            },
+        )
