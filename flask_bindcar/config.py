@@ -7,7 +7,6 @@ the variable, the value and what is accepted.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -279,8 +278,12 @@ class AuthConfig:
     def _check_combination(self) -> None:
         if self.mode != "tokenreview":
             return
-        if importlib.util.find_spec("kubernetes") is None:
-            raise ConfigError(f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}")
+        try:
+            import kubernetes  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}"
+            ) from None
         given = [name for name in KUBE_TRIO if getattr(self, name.lower())]
         if given and len(given) != len(KUBE_TRIO):
             missing = [name for name in KUBE_TRIO if name not in given]

@@ -36,8 +36,11 @@ LEGACY_ISSUER = "kubernetes/serviceaccount"
 DEFAULT_CALLER = "system:serviceaccount:dns-system:bindcar"
 SA_PREFIX = "system:serviceaccount:"
 
-Fault = Literal["error500", "garbage", "reset", "hang"]
-FAULTS: tuple[Fault, ...] = ("error500", "garbage", "reset", "hang")
+Fault = Literal["error500", "garbage", "reset", "hang", "no_user", "no_audiences"]
+FAULTS: tuple[Fault, ...] = ("error500", "garbage", "reset", "hang", "no_user", "no_audiences")
+"""Faults on demand: a 500 Status, a non-JSON body, a reset connection, a hang past the client's
+timeout; and two misbehaving answers to a TokenReview: authenticated without ``status.user``, and
+authenticated without ``status.audiences`` (as an audience-agnostic authenticator might)."""
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -317,6 +320,14 @@ class FakeCluster:
         `LookupError` when the token is not a token of this cluster at all (no error is reported).
         """
         requested = audiences or [API_AUDIENCE]
+        with self._lock:
+            static_user = self._callers.get(token)
+        if static_user is not None:
+            # A static token (token-file authenticator) is audience-agnostic: valid for the API
+            # server's own audience only.
+            if API_AUDIENCE not in requested:
+                raise LookupError("audience-agnostic token, other audiences requested")
+            return {"username": static_user, "uid": "", "groups": ["system:authenticated"]}, [API_AUDIENCE]
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
@@ -385,12 +396,10 @@ class FakeCluster:
 
     def _caller(self, authorization: str | None) -> str | None:
         """The username of the API caller, or None when its credential is not known here."""
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return None
-        token = authorization[len("Bearer ") :].strip()
-        with self._lock:
-            if token in self._callers:
-                return self._callers[token]
         try:
             user, _ = self.authenticate(token, [API_AUDIENCE])
         except (ReviewError, LookupError):
@@ -499,6 +508,7 @@ class _TLSServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _TLSServer
     server_version = "fake-kube-apiserver"
 
@@ -524,7 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _apply_fault(self) -> bool:
         """Answer with the injected fault, if any. True when the request was answered."""
         fault = self.cluster.fault
-        if fault is None:
+        if fault is None or fault in ("no_user", "no_audiences"):
             return False
         if fault == "error500":
             self._send_json(
@@ -547,7 +557,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/version":
+        if self.path.split("?")[0].rstrip("/") == "/version":
             if self._apply_fault():
                 return
             self._send_json(
@@ -556,6 +566,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "major": "1",
                     "minor": "31",
                     "gitVersion": "v1.31.0-fake",
+                    "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.22.5",
+                    "compiler": "gc",
                     "platform": "linux/amd64",
                 },
             )
@@ -618,6 +633,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             user, granted = cluster.authenticate(token, list(audiences))
             status = {"authenticated": True, "user": user, "audiences": granted}
+            if cluster.fault == "no_user":
+                del status["user"]
+            elif cluster.fault == "no_audiences":
+                del status["audiences"]
         except ReviewError as e:
             status = {"user": {}, "error": str(e)}
         except LookupError:
