@@ -27,3 +27,16 @@ def auth_api(fake_kubeconfig: Path) -> client.AuthenticationV1Api:
 @pytest.fixture
 def cluster(fake_cluster: FakeCluster) -> FakeCluster:
     return fake_cluster
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests see only the configuration they set: no BIND_*/KUBE* from outside, no ~/.kube/config."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("BIND_", "BINDCAR_", "KUBE")):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))

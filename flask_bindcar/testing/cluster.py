@@ -11,6 +11,7 @@ It imports neither Flask nor the ``kubernetes`` client, so any test suite can us
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -165,6 +166,7 @@ class FakeCluster:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -493,14 +495,32 @@ class _TLSServer(ThreadingHTTPServer):
     ):
         self.ssl_context = ctx
         self.cluster = cluster
+        self._connections: set[Any] = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         try:
-            request = self.ssl_context.wrap_socket(request, server_side=True)
+            conn = self.ssl_context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
             return
-        super().finish_request(request, client_address)
+        with self._connections_lock:
+            self._connections.add(conn)
+        try:
+            super().finish_request(conn, client_address)
+        except (ssl.SSLError, OSError):
+            return
+        finally:
+            with self._connections_lock:
+                self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        """Drop every open connection, as a stopped API server does; keep-alive ones included."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Connections dropped by clients are normal here; keep stderr quiet."""

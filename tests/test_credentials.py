@@ -1,0 +1,57 @@
+"""The Authorization header: every edge case ends in the seed's message."""
+
+from __future__ import annotations
+
+import pytest
+
+from flask_bindcar.credentials import MAX_TOKEN_LENGTH, bearer_token
+from flask_bindcar.errors import AuthError
+
+MISSING = "Missing Authorization header"
+INVALID = "Invalid Authorization header format. Expected: Bearer <token>"
+EMPTY = "Empty token"
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc.def-ghi_jkl", "abc.def-ghi_jkl"),
+        ("bearer abc", "abc"),  # RFC 7235: the scheme is case-insensitive
+        ("BEARER abc", "abc"),
+        ("Bearer    abc", "abc"),  # extra spaces between scheme and token
+        ("Bearer abc   ", "abc"),
+        ("Bearer dG9rZW4=", "dG9rZW4="),
+        ("Bearer " + "a" * 8192, "a" * 8192),  # an 8 KiB token
+    ],
+)
+def test_accepted(header: str, token: str) -> None:
+    assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    ("header", "message", "challenge"),
+    [
+        (None, MISSING, "none"),
+        ("", INVALID, "invalid_request"),
+        ("Basic dXNlcjpwYXNz", INVALID, "invalid_request"),
+        ("Token abc", INVALID, "invalid_request"),
+        ("Bearerabc", INVALID, "invalid_request"),
+        ("Bearer", EMPTY, "invalid_request"),  # what "Bearer " becomes once a server strips it
+        ("Bearer ", EMPTY, "invalid_request"),
+        ("Bearer    ", EMPTY, "invalid_request"),
+        ("Bearer abc def", INVALID, "invalid_request"),  # two credentials
+        ("Bearer abc,Bearer def", INVALID, "invalid_request"),  # two headers, as WSGI servers join them
+        ("Bearer abc, Bearer def", INVALID, "invalid_request"),
+        ("Bearer tök\u00e9n", INVALID, "invalid_request"),  # non-ASCII bytes, latin-1 decoded by WSGI
+        ("Bearer abc\r\nX-Injected: 1", INVALID, "invalid_request"),
+        ("Bearer abc\n", INVALID, "invalid_request"),
+        ("Bearer a=b", INVALID, "invalid_request"),
+        ("Bearer " + "a" * (MAX_TOKEN_LENGTH + 1), INVALID, "invalid_request"),
+    ],
+)
+def test_rejected(header: str | None, message: str, challenge: str) -> None:
+    with pytest.raises(AuthError) as info:
+        bearer_token(header)
+    assert info.value.message == message
+    assert info.value.challenge == challenge
+    assert info.value.code == 401
