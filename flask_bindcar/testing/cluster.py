@@ -121,7 +121,7 @@ class FakeCluster:
         self._server_cert = self._ca.issue_cert(host, "localhost")
         self._workdir = Path(workdir) if workdir is not None else None
         self._tmp: Any = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _TLSServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
