@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,49 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+
+
+# Anything shaped like a JWT, and the shared secrets the suite uses.
+LEAK = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|s3cret")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every log of the run, at DEBUG, in one place; after the run none may contain a token.
+
+    In-process loggers write to ``pytest.log``; each gunicorn process writes its own file.
+    """
+    directory = tmp_path_factory.mktemp("logs")
+    handler = logging.FileHandler(directory / "pytest.log")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield directory
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+    leaks = []
+    for path in sorted(directory.glob("*.log")):
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if LEAK.search(line):
+                leaks.append(f"{path.name}:{n}: {LEAK.sub('<TOKEN>', line)[:200]}")
+    assert not leaks, "tokens in the logs:\n" + "\n".join(leaks[:20])
+    assert (directory / "pytest.log").stat().st_size > 0
+
+
+@pytest.fixture
+def serve(log_dir: Path, request: pytest.FixtureRequest) -> Callable[..., AbstractContextManager[str]]:
+    """``with serve(target, env) as url:`` runs the target under gunicorn, logging into the run's log dir."""
+    from tests.gunicorn_server import gunicorn
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
+
+    def start(target: str, env: dict[str, str], **kw: object) -> AbstractContextManager[str]:
+        return gunicorn(target, env, log_dir / f"gunicorn-{name}.log", **kw)  # type: ignore[arg-type]
+
+    return start

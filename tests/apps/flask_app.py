@@ -1,0 +1,27 @@
+"""A Flask service protected by ``BindcarAuth``, configured from the environment as in the seed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+
+from flask_bindcar import BindcarAuth, auth_exempt, current_identity
+
+# Everything at DEBUG, the kubernetes client included: the suite checks no token reaches a log.
+logging.basicConfig(level=logging.DEBUG)
+
+app = Flask(__name__)
+BindcarAuth(app)
+
+
+@app.get("/api/v1/zones")
+def zones() -> Any:
+    return jsonify(zones=[], caller=current_identity.username, method=current_identity.method)
+
+
+@app.get("/api/v1/health")
+@auth_exempt
+def health() -> Any:
+    return jsonify(status="ok")
