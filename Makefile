@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
+DEMO_PORT ?= 8080
+
 .PHONY: test lint pytest demo clean
 
 $(STAMP): pyproject.toml setup.cfg
@@ -15,13 +17,16 @@ $(STAMP): pyproject.toml setup.cfg
 
 test: lint pytest
 
+demo: $(STAMP)
+	$(BIN)/python -m example_app.demo --port $(DEMO_PORT)
+
 lint: $(STAMP)
-	$(BIN)/ruff check flask_bindcar tests
-	$(BIN)/ruff format --check flask_bindcar tests
+	$(BIN)/ruff check flask_bindcar tests example_app
+	$(BIN)/ruff format --check flask_bindcar tests example_app
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo

@@ -1,0 +1,267 @@
+"""``make demo``: the example app in TokenReview mode against the built-in cluster stand-in.
+
+Starts `flask_bindcar.testing.FakeCluster`, serves ``example_app`` under gunicorn on
+127.0.0.1:8080 with the seed's Staging profile, and prints the seed's "Testing" section as
+ready-to-paste ``curl`` commands with live tokens, each preceded by the outcome it gives.
+Serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask_bindcar.testing import FakeCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGING = {"BIND_TOKEN_AUDIENCES": "bindcar", "BIND_ALLOWED_NAMESPACES": "dns-system,test-system"}
+DEMO_TOKEN_LIFETIME = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the printed script and the outcome it gives."""
+
+    comment: str
+    status: int
+    command: str
+    body: dict[str, object] | None = None
+
+    def render(self) -> str:
+        expected = f"# Expected: {self.status}"
+        if self.body is not None:
+            expected += " " + json.dumps(self.body)
+        return f"{self.comment}\n{expected}\n{self.command}\n"
+
+
+def curl(url: str, path: str, token: str | None = None, *, method: str = "GET", data: str | None = None) -> str:
+    parts = ["curl -s"]
+    if method != "GET":
+        parts.append(f"-X {method}")
+    if token is not None:
+        parts.append(f'-H "Authorization: Bearer {token}"')
+    if data is not None:
+        parts.append(f"-H 'Content-Type: application/json' -d '{data}'")
+    parts.append(url + path)
+    return " ".join(parts)
+
+
+def denied(reason: str) -> dict[str, object]:
+    return {"error": f"Token validation failed: {reason}"}
+
+
+def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
+    """The seed's Testing section for this server, section by section."""
+
+    def token(namespace: str, name: str, audience: str | None = "bindcar") -> str:
+        audiences = [audience] if audience else None
+        return cluster.token(namespace, name, audiences=audiences, expires_in=DEMO_TOKEN_LIFETIME)
+
+    zones = "/api/v1/zones"
+    return [
+        (
+            "Basic validation (every mode)",
+            [
+                Step("# No Authorization header", 401, curl(url, zones), {"error": "Missing Authorization header"}),
+                Step(
+                    "# Not a Bearer token",
+                    401,
+                    curl(url, zones).replace("curl -s", "curl -s -H 'Authorization: Token abc'"),
+                    {"error": "Invalid Authorization header format. Expected: Bearer <token>"},
+                ),
+            ],
+        ),
+        (
+            "Integration Testing",
+            [
+                Step(
+                    "# TOKEN=$(kubectl create token external-dns -n dns-system --audience=bindcar)",
+                    200,
+                    curl(url, zones, token("dns-system", "external-dns")),
+                ),
+            ],
+        ),
+        (
+            "Testing Invalid Tokens",
+            [
+                Step(
+                    "# Test with an invalid token",
+                    401,
+                    curl(url, zones, "invalid-token"),
+                    denied("token not authenticated"),
+                ),
+                Step(
+                    "# Test with an expired token",
+                    401,
+                    curl(
+                        url, zones, cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=-60)
+                    ),
+                    denied("[invalid bearer token, service account token has expired]"),
+                ),
+            ],
+        ),
+        (
+            "Testing Security Restrictions: audience (BIND_TOKEN_AUDIENCES=bindcar)",
+            [
+                Step(
+                    "# Create token without audience: TOKEN=$(kubectl create token my-app -n dns-system)",
+                    401,
+                    curl(url, zones, token("dns-system", "my-app", audience=None)),
+                    denied(
+                        '[invalid bearer token, token audiences ["https://kubernetes.default.svc.cluster.local"] '
+                        'is invalid for the target audiences ["bindcar"]]'
+                    ),
+                ),
+                Step(
+                    "# Create token with correct audience: TOKEN=$(kubectl create token my-app -n dns-system "
+                    "--audience=bindcar)",
+                    200,
+                    curl(url, zones, token("dns-system", "my-app")),
+                ),
+            ],
+        ),
+        (
+            "Testing Security Restrictions: namespace (BIND_ALLOWED_NAMESPACES=dns-system,test-system)",
+            [
+                Step(
+                    "# Create token from allowed namespace: TOKEN=$(kubectl create token test-sa -n dns-system "
+                    "--audience=bindcar)",
+                    200,
+                    curl(url, zones, token("dns-system", "test-sa")),
+                ),
+                Step(
+                    "# Create token from blocked namespace: TOKEN=$(kubectl create token test-sa -n default "
+                    "--audience=bindcar)",
+                    401,
+                    curl(url, zones, token("default", "test-sa")),
+                    denied("ServiceAccount from unauthorized namespace: default"),
+                ),
+            ],
+        ),
+        (
+            "Testing Security Restrictions: ServiceAccount allowlist "
+            "(DELETE is reserved to system:serviceaccount:dns-system:external-dns)",
+            [
+                Step(
+                    "# Blocked service account: TOKEN=$(kubectl create token other-app -n dns-system "
+                    "--audience=bindcar)",
+                    401,
+                    curl(url, zones + "/example.com", token("dns-system", "other-app"), method="DELETE"),
+                    denied("ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"),
+                ),
+                Step(
+                    "# Allowed service account: TOKEN=$(kubectl create token external-dns -n dns-system "
+                    "--audience=bindcar)",
+                    200,
+                    curl(url, zones + "/example.com", token("dns-system", "external-dns"), method="DELETE"),
+                ),
+            ],
+        ),
+        (
+            "The zone API",
+            [
+                Step(
+                    "# Create a zone",
+                    201,
+                    curl(
+                        url,
+                        zones,
+                        token("dns-system", "external-dns"),
+                        method="POST",
+                        data='{"name": "example.org", "records": []}',
+                    ),
+                ),
+                Step("# Read it back", 200, curl(url, zones + "/example.org", token("test-system", "reader"))),
+                Step("# Server status", 200, curl(url, "/api/v1/server/status", token("test-system", "reader"))),
+                Step("# Health probe (exempt from authentication)", 200, curl(url, "/api/v1/health")),
+            ],
+        ),
+    ]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gunicorn exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/api/v1/health", timeout=1):  # noqa: S310 - loopback URL
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the example app did not answer at {url} within {timeout:g}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m example_app.demo", description=__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
+    args = parser.parse_args(argv)
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    (args.workdir / "cluster").mkdir(parents=True)
+    zone_dir = args.workdir / "zones"
+    zone_dir.mkdir()
+    (zone_dir / "example.com.json").write_text(json.dumps({"name": "example.com", "records": []}))
+    url = f"http://127.0.0.1:{args.port}"
+
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with FakeCluster(workdir=args.workdir / "cluster") as cluster:
+        kubeconfig = cluster.write_kubeconfig(args.workdir / "cluster" / "kubeconfig")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BIND_", "BINDCAR_", "KUBE"))}
+        env.update(STAGING, BIND_AUTH_MODE="tokenreview", KUBECONFIG=str(kubeconfig), ZONE_DATA_DIR=str(zone_dir))
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "example_app" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{args.port}",
+            "example_app.app:create_app()",
+        ]
+        log = (args.workdir / "gunicorn.log").open("wb")
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, proc)
+            print(
+                f"# flask-bindcar demo: example_app at {url}, TokenReview mode against a FakeCluster at {cluster.url}"
+            )
+            print("# Profile (the seed's Staging): " + " ".join(f"{k}={v}" for k, v in STAGING.items()))
+            print(f"# Server log: {args.workdir / 'gunicorn.log'}. Ctrl-C to stop.\n")
+            for title, steps in script(cluster, url):
+                print(f"### {title}\n")
+                for step in steps:
+                    print(step.render())
+            print("# Serving. Ctrl-C to stop.", flush=True)
+            while not stop and proc.poll() is None:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

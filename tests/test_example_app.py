@@ -1,0 +1,118 @@
+"""The example app: zone API behaviour, and ``make demo``'s printed commands give their printed outcomes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from example_app.app import create_app
+from tests.gunicorn_server import ROOT, base_environment, free_port
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> FlaskClient:
+    return create_app(tmp_path / "zones").test_client()
+
+
+AUTH = {"Authorization": "Bearer demo"}
+
+
+def test_zone_lifecycle_and_persistence(client: FlaskClient, tmp_path: Path) -> None:
+    created = client.post("/api/v1/zones", json={"name": "example.com", "records": [{"type": "A"}]}, headers=AUTH)
+    assert created.status_code == 201
+    assert created.get_json()["zone"] == {"name": "example.com", "records": [{"type": "A"}], "created_by": None}
+    assert client.get("/api/v1/zones", headers=AUTH).get_json() == {
+        "zones": ["example.com"],
+        "caller": {"username": None, "method": "basic"},
+    }
+    # A new app on the same directory (a restart) still has the zone.
+    restarted = create_app(tmp_path / "zones").test_client()
+    assert restarted.get("/api/v1/zones/example.com", headers=AUTH).get_json()["zone"]["name"] == "example.com"
+    assert restarted.get("/api/v1/server/status", headers=AUTH).get_json()["zones"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "error"),
+    [
+        ("post", "/api/v1/zones", {"data": "{oops", "content_type": "application/json"}, 400, None),
+        ("post", "/api/v1/zones", {"json": {"name": "not a zone!"}}, 400, "Invalid zone name: 'not a zone!'"),
+        ("post", "/api/v1/zones", {"json": {"name": "example.net", "records": "x"}}, 400, "records must be a list"),
+        ("get", "/api/v1/zones/missing.example", {}, 404, "Zone not found: missing.example"),
+        ("get", "/api/v1/zones/BAD_NAME", {}, 400, "Invalid zone name: 'BAD_NAME'"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_error(
+    client: FlaskClient, method: str, path: str, kwargs: dict[str, Any], status: int, error: str | None
+) -> None:
+    response = getattr(client, method)(path, headers=AUTH, **kwargs)
+    assert response.status_code == status
+    body = response.get_json()
+    assert list(body) == ["error"]
+    if error is not None:
+        assert body["error"] == error
+
+
+def test_duplicate_zone(client: FlaskClient) -> None:
+    assert client.post("/api/v1/zones", json={"name": "example.com"}, headers=AUTH).status_code == 201
+    response = client.post("/api/v1/zones", json={"name": "example.com"}, headers=AUTH)
+    assert (response.status_code, response.get_json()) == (409, {"error": "Zone already exists: example.com"})
+
+
+def test_probes_are_exempt_and_the_rest_is_not(client: FlaskClient) -> None:
+    assert client.get("/api/v1/health").get_json() == {"status": "healthy"}
+    assert client.get("/api/v1/ready").get_json() == {"status": "ready"}
+    response = client.get("/api/v1/zones")
+    assert (response.status_code, response.get_json()) == (401, {"error": "Missing Authorization header"})
+
+
+def parse_demo(output: str) -> list[tuple[int, dict[str, Any] | None, str]]:
+    steps = []
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        match = re.fullmatch(r"# Expected: (\d{3})(?: (\{.*\}))?", line)
+        if match:
+            body = json.loads(match.group(2)) if match.group(2) else None
+            steps.append((int(match.group(1)), body, lines[i + 1]))
+    return steps
+
+
+def test_demo_commands_give_their_printed_outcomes(tmp_path: Path) -> None:
+    curl = shutil.which("curl")
+    assert curl, "the demo prints curl commands; curl must be installed to check them"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "example_app.demo", "--port", str(port), "--workdir", str(tmp_path / "demo")],
+        cwd=ROOT,
+        env=base_environment(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("# Serving."):
+                break
+        steps = parse_demo("".join(output))
+        assert len(steps) == 15
+        assert all(command.startswith("curl -s ") and f"127.0.0.1:{port}/" in command for _, _, command in steps)
+        for status, body, command in steps:
+            result = subprocess.run(
+                ["bash", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, check=True
+            )
+            text, _, code = result.stdout.rpartition("\n")
+            assert int(code) == status, (command[:80], text)
+            if body is not None:
+                assert json.loads(text) == body
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
