@@ -5,7 +5,9 @@ and a memory dump does not help guess one. Entries live ``min(TTL, exp - now)``,
 from the token's unverified payload only ever to *shorten* a lifetime; definitive "not
 authenticated" outcomes live the failure TTL; failures to get an answer are never stored. The
 size is bounded, least recently used evicted first. Concurrent requests for one uncached token
-share a single review (single flight).
+share a single review (single flight). With a stale window (``BIND_TOKEN_CACHE_STALE_TTL``), a
+successful review is kept past its TTL and reused, for at most that long after it was made and
+never past the token's ``exp``, when the API server is unreachable or fails.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from flask_bindcar.errors import API_CALL_FAILED, AuthError
+from flask_bindcar.errors import API_UNREACHABLE, AuthError
 from flask_bindcar.kube import ReviewOutcome
 
-CacheResult = Literal["hit", "miss", "shared"]
+CacheResult = Literal["hit", "miss", "shared", "stale"]
 Review = Callable[[str, Sequence[str]], ReviewOutcome]
 
 
@@ -45,26 +47,37 @@ def token_expiry(token: str) -> float | None:
     return float(exp)
 
 
+class _Entry:
+    __slots__ = ("fresh_until", "outcome", "stale_until")
+
+    def __init__(self, outcome: ReviewOutcome, fresh_until: float, stale_until: float):
+        self.outcome = outcome
+        self.fresh_until = fresh_until
+        self.stale_until = stale_until
+
+
 class _Flight:
-    __slots__ = ("done", "error", "outcome")
+    __slots__ = ("done", "error", "outcome", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.outcome: ReviewOutcome | None = None
+        self.result: CacheResult = "shared"
         self.error: AuthError | None = None
 
 
 class ReviewCache:
-    """Thread-safe TTL + LRU cache of TokenReview outcomes with single flight."""
+    """Thread-safe TTL + LRU cache of TokenReview outcomes with single flight and stale-if-error."""
 
-    def __init__(self, *, ttl: float, failure_ttl: float, max_size: int, wait_timeout: float):
+    def __init__(self, *, ttl: float, failure_ttl: float, max_size: int, wait_timeout: float, stale_ttl: float = 0):
         self.ttl = ttl
         self.failure_ttl = failure_ttl
+        self.stale_ttl = stale_ttl
         self.max_size = max_size
         self.wait_timeout = wait_timeout
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, tuple[float, ReviewOutcome]] = OrderedDict()
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._flights: dict[bytes, _Flight] = {}
 
     def __len__(self) -> int:
@@ -84,16 +97,22 @@ class ReviewCache:
             self._entries.clear()
 
     def get_or_review(self, token: str, audiences: Sequence[str], review: Review) -> tuple[ReviewOutcome, CacheResult]:
-        """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now."""
+        """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now.
+
+        Raises the review's `AuthError` (the same one to every request that shared it), or an
+        outage-class `AuthError` to a request that waited longer than ``wait_timeout``.
+        """
         key = self.key(token, audiences)
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                if entry[0] > now:
+                if now < entry.fresh_until:
                     self._entries.move_to_end(key)
-                    return entry[1], "hit"
-                del self._entries[key]
+                    return entry.outcome, "hit"
+                if now >= entry.stale_until:
+                    del self._entries[key]
+                    entry = None
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
@@ -101,17 +120,21 @@ class ReviewCache:
 
         if not leader:
             if not flight.done.wait(self.wait_timeout):
-                raise AuthError.validation_failed(
-                    API_CALL_FAILED.format(why=f"no answer within {self.wait_timeout:g}s"), reason="api_failed"
-                )
+                raise AuthError.api_call_failed(f"no answer within {self.wait_timeout:g}s", reason=API_UNREACHABLE)
             if flight.error is not None:
                 raise flight.error
             assert flight.outcome is not None
-            return flight.outcome, "shared"
+            return flight.outcome, flight.result
 
         try:
-            outcome = review(token, audiences)
-            flight.outcome = outcome
+            try:
+                outcome = review(token, audiences)
+            except AuthError as e:
+                if not (e.transient and entry is not None and time.monotonic() < entry.stale_until):
+                    raise
+                flight.outcome, flight.result = entry.outcome, "stale"
+                return entry.outcome, "stale"
+            flight.outcome, flight.result = outcome, "shared"
             self._store(key, outcome, token)
             return outcome, "miss"
         except AuthError as e:
@@ -123,15 +146,20 @@ class ReviewCache:
             flight.done.set()
 
     def _store(self, key: bytes, outcome: ReviewOutcome, token: str) -> None:
-        lifetime = self.ttl if outcome.authenticated else self.failure_ttl
+        now = time.monotonic()
         if outcome.authenticated:
+            fresh, stale = self.ttl, self.stale_ttl
             exp = token_expiry(token)
             if exp is not None:
-                lifetime = min(lifetime, exp - time.time())
-        if lifetime <= 0:
+                left = exp - time.time()
+                fresh, stale = min(fresh, left), min(stale, left)
+        else:
+            fresh, stale = self.failure_ttl, 0.0
+        if fresh <= 0 and stale <= 0:
             return
+        entry = _Entry(outcome, now + fresh, now + max(fresh, stale))
         with self._lock:
-            self._entries[key] = (time.monotonic() + lifetime, outcome)
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_size:
                 self._entries.popitem(last=False)

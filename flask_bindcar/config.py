@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from flask_bindcar.errors import ConfigError
 from flask_bindcar.identity import split_service_account
+from flask_bindcar.ratelimit import Limit, parse_limit
 
 logger = logging.getLogger("flask_bindcar")
 
@@ -126,9 +127,9 @@ def _size(name: str, raw: Any) -> int:
     try:
         value = int(str(raw).strip())
     except ValueError:
-        raise _bad(name, raw, "a whole number of entries, 1 or more") from None
+        raise _bad(name, raw, "a whole number, 1 or more") from None
     if value < 1:
-        raise _bad(name, raw, "a whole number of entries, 1 or more")
+        raise _bad(name, raw, "a whole number, 1 or more")
     return value
 
 
@@ -189,7 +190,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_ttl", "BINDCAR_TOKEN_CACHE_TTL", "BIND_TOKEN_CACHE_TTL", 10.0, _ttl),
     Setting("cache_failure_ttl", "BINDCAR_TOKEN_CACHE_FAILURE_TTL", "BIND_TOKEN_CACHE_FAILURE_TTL", 10.0, _ttl),
     Setting("cache_size", "BINDCAR_TOKEN_CACHE_SIZE", "BIND_TOKEN_CACHE_SIZE", 10000, _size),
+    Setting("cache_stale_ttl", "BINDCAR_TOKEN_CACHE_STALE_TTL", "BIND_TOKEN_CACHE_STALE_TTL", 0.0, _ttl),
     Setting("review_timeout", "BINDCAR_TOKEN_REVIEW_TIMEOUT", "BIND_TOKEN_REVIEW_TIMEOUT", 5.0, _timeout),
+    Setting("review_max_inflight", "BINDCAR_TOKEN_REVIEW_MAX_INFLIGHT", "BIND_TOKEN_REVIEW_MAX_INFLIGHT", 64, _size),
+    Setting("failure_limit", "BINDCAR_AUTH_FAILURE_LIMIT", "BIND_AUTH_FAILURE_LIMIT", None, parse_limit),
     Setting("kubeconfig", "BINDCAR_KUBECONFIG", "KUBECONFIG", None, _text),
     Setting("kube_api_server", None, "KUBE_API_SERVER", None, _text),
     Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
@@ -229,7 +233,10 @@ class AuthConfig:
     cache_ttl: float = 10.0
     cache_failure_ttl: float = 10.0
     cache_size: int = 10000
+    cache_stale_ttl: float = 0.0
     review_timeout: float = 5.0
+    review_max_inflight: int = 64
+    failure_limit: Limit | None = None
     kubeconfig: str | None = None
     kube_api_server: str | None = None
     kube_token_path: str | None = None
@@ -309,6 +316,8 @@ class AuthConfig:
                 value = sorted(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, Limit):
+                value = str(value)
             out[f.name] = value
         return out
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import TooManyRequests, Unauthorized
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -33,6 +33,17 @@ NO_USER_INFO = "No user information in TokenReview response"
 NAMESPACE_DENIED = "ServiceAccount from unauthorized namespace: {namespace}"
 NOT_SERVICE_ACCOUNT = "Not a ServiceAccount: {username}"
 SERVICE_ACCOUNT_DENIED = "ServiceAccount not authorized: {username}"
+TOO_MANY_FAILURES = "Too many failed authentication attempts"
+
+# Reasons (short labels for logs and metrics) of failures to get an answer from the API server.
+# Those in TRANSIENT_REASONS are outages, during which a recent review may be reused when
+# BIND_TOKEN_CACHE_STALE_TTL allows it.
+API_UNREACHABLE = "api_unreachable"
+API_SERVER_ERROR = "api_server_error"
+API_REJECTED = "api_rejected"
+API_BAD_RESPONSE = "api_bad_response"
+API_OVERLOADED = "api_overloaded"
+TRANSIENT_REASONS = frozenset({API_UNREACHABLE, API_SERVER_ERROR})
 
 Challenge = Literal["none", "invalid_request", "invalid_token"]
 
@@ -59,6 +70,16 @@ class AuthError(Unauthorized):
     def validation_failed(cls, reason_text: str, *, reason: str) -> AuthError:
         return cls(VALIDATION_FAILED.format(reason=reason_text), reason=reason)
 
+    @classmethod
+    def api_call_failed(cls, why: str, *, reason: str) -> AuthError:
+        """``Token validation failed: TokenReview API call failed: <why>``."""
+        return cls.validation_failed(API_CALL_FAILED.format(why=why), reason=reason)
+
+    @property
+    def transient(self) -> bool:
+        """True when the API server could not be reached or failed, rather than the token."""
+        return self.reason in TRANSIENT_REASONS
+
     @property
     def www_authenticate_value(self) -> str:
         value = f'Bearer realm="{REALM}"'
@@ -73,6 +94,28 @@ class AuthError(Unauthorized):
         self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
     ) -> list[tuple[str, str]]:
         return [("Content-Type", "application/json"), ("WWW-Authenticate", self.www_authenticate_value)]
+
+
+class RateLimited(TooManyRequests):
+    """429 for a client past ``BIND_AUTH_FAILURE_LIMIT``, with ``Retry-After`` and a JSON body."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(description=TOO_MANY_FAILURES, retry_after=retry_after)
+        self.message = TOO_MANY_FAILURES
+        self.reason = "rate_limited"
+        self.seconds = retry_after
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
+        return json.dumps({"error": self.message})
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Retry-After", str(self.seconds))]
+
+
+BindcarError = (AuthError, RateLimited)
+"""What the adapters answer a request with instead of passing it on."""
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

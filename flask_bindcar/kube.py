@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.errors import API_CALL_FAILED, CLIENT_FAILED, AuthError, redact
+from flask_bindcar.errors import (
+    API_BAD_RESPONSE,
+    API_REJECTED,
+    API_SERVER_ERROR,
+    API_UNREACHABLE,
+    CLIENT_FAILED,
+    AuthError,
+    redact,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AuthenticationV1Api, Configuration
@@ -61,8 +69,8 @@ def _client_failed(why: str) -> AuthError:
     return AuthError.validation_failed(CLIENT_FAILED.format(why=why), reason="client_failed")
 
 
-def _api_failed(why: str) -> AuthError:
-    return AuthError.validation_failed(API_CALL_FAILED.format(why=why[:_MAX_WHY]), reason="api_failed")
+def _api_failed(why: str, reason: str) -> AuthError:
+    return AuthError.api_call_failed(why[:_MAX_WHY], reason=reason)
 
 
 class _TokenFile:
@@ -154,15 +162,15 @@ def parse_review(data: bytes) -> ReviewOutcome:
     try:
         doc = json.loads(data)
     except ValueError:
-        raise _api_failed("response is not JSON") from None
+        raise _api_failed("response is not JSON", API_BAD_RESPONSE) from None
     status = doc.get("status") if isinstance(doc, dict) else None
     if not isinstance(status, dict):
-        raise _api_failed("response is not a TokenReview with a status")
+        raise _api_failed("response is not a TokenReview with a status", API_BAD_RESPONSE)
     user = status.get("user")
     error = status.get("error")
     audiences = status.get("audiences") or ()
     if not isinstance(audiences, list | tuple) or not all(isinstance(a, str) for a in audiences):
-        raise _api_failed("status.audiences is not a list of strings")
+        raise _api_failed("status.audiences is not a list of strings", API_BAD_RESPONSE)
     return ReviewOutcome(
         authenticated=status.get("authenticated") is True,
         error=error if isinstance(error, str) and error else None,
@@ -220,14 +228,16 @@ class KubeTokenReviewer:
             )
             data = response.data
         except ApiException as e:
-            raise _api_failed(redact(_describe_api_exception(e), [token])) from None
+            status = e.status or 0
+            reason = API_SERVER_ERROR if status >= 500 else API_UNREACHABLE if status == 0 else API_REJECTED
+            raise _api_failed(redact(_describe_api_exception(e), [token]), reason) from None
         except urllib3.exceptions.NewConnectionError as e:  # before TimeoutError: it subclasses it
-            raise _api_failed(f"cannot connect to {api.api_client.configuration.host}: {e}") from None
+            raise _api_failed(f"cannot connect to {api.api_client.configuration.host}: {e}", API_UNREACHABLE) from None
         except urllib3.exceptions.TimeoutError:
-            raise _api_failed(f"no answer within {self._config.review_timeout:g}s") from None
+            raise _api_failed(f"no answer within {self._config.review_timeout:g}s", API_UNREACHABLE) from None
         except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as e:
-            raise _api_failed(redact(f"{type(e).__name__}: {e}", [token])) from None
+            raise _api_failed(redact(f"{type(e).__name__}: {e}", [token]), API_UNREACHABLE) from None
         except Exception as e:  # a client bug must still end in the documented 401, not a 500
             logger.exception("unexpected error from the Kubernetes client")
-            raise _api_failed(type(e).__name__) from None
+            raise _api_failed(type(e).__name__, API_BAD_RESPONSE) from None
         return parse_review(data)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.errors import AuthError
+from flask_bindcar.errors import BindcarError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -45,7 +45,7 @@ class BindcarMiddleware:
                 method=environ.get("REQUEST_METHOD"),
                 path=environ.get("PATH_INFO"),
             )
-        except AuthError as e:
+        except BindcarError as e:
             return e(environ, start_response)
         return self.app(environ, start_response)
 

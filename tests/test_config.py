@@ -108,7 +108,7 @@ def test_blank_non_list_variable_counts_as_unset() -> None:
         ),
         (
             {"BIND_TOKEN_CACHE_SIZE": "0"},
-            "BIND_TOKEN_CACHE_SIZE='0' is not valid: expected a whole number of entries, 1 or more",
+            "BIND_TOKEN_CACHE_SIZE='0' is not valid: expected a whole number, 1 or more",
         ),
         (
             {"BIND_ALLOWED_SERVICE_ACCOUNTS": "external-dns"},

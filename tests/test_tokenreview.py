@@ -13,6 +13,7 @@ import pytest
 
 from flask_bindcar import AuthConfig, AuthError, Identity
 from flask_bindcar.authenticator import Authenticator
+from flask_bindcar.cache import token_expiry
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, FakeCluster
 
 MakeAuth = Callable[..., Authenticator]
@@ -345,9 +346,11 @@ def test_failures_are_cached_for_the_failure_ttl_but_api_errors_never(
 
 def test_cache_lifetime_is_capped_by_token_expiry(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(cache_ttl=60)
-    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=1)
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=2)
     auth.authenticate(f"Bearer {token}")
-    time.sleep(1.1)
+    exp = token_expiry(token)
+    assert exp is not None
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
     assert failure(auth, token) == "Token validation failed: [invalid bearer token, service account token has expired]"
     assert cluster.reviews_served == 2
 
