@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed-test
 
 DEMO_PORT ?= 8080
 
-.PHONY: test lint pytest demo clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: test lint pytest demo bench clean
 
 $(STAMP): pyproject.toml setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -20,9 +22,16 @@ test: lint pytest
 demo: $(STAMP)
 	$(BIN)/python -m example_app.demo --port $(DEMO_PORT)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --docs
+
 lint: $(STAMP)
-	$(BIN)/ruff check flask_bindcar tests example_app
-	$(BIN)/ruff format --check flask_bindcar tests example_app
+	$(BIN)/ruff check flask_bindcar tests example_app benchmarks
+	$(BIN)/ruff format --check flask_bindcar tests example_app benchmarks
 	$(BIN)/mypy
 
 pytest: $(STAMP)

@@ -15,10 +15,11 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import get_args
 
 from flask_bindcar.cache import CacheResult, ReviewCache
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.credentials import bearer_token
+from flask_bindcar.credentials import bearer_token, check_token_format
 from flask_bindcar.errors import API_OVERLOADED, INVALID_API_TOKEN, AuthError, RateLimited
 from flask_bindcar.identity import Identity
 from flask_bindcar.kube import KubeTokenReviewer, ReviewOutcome
@@ -36,6 +37,10 @@ BASIC_WARNING = (
 )
 
 
+BASIC_IDENTITY = Identity(method="basic")
+SHARED_SECRET_IDENTITY = Identity(method="shared-secret")
+
+
 @dataclass
 class AuditRecord:
     """One authentication decision, as written to ``flask_bindcar.audit`` (never the token)."""
@@ -44,7 +49,8 @@ class AuditRecord:
     remote_addr: str | None
     method: str | None
     path: str | None
-    result: str  # "allow", "deny" or "rate_limited"
+    result: str
+    """``allow``, ``deny`` or ``rate_limited``."""
     reason: str | None = None
     message: str | None = None
     username: str | None = None
@@ -63,6 +69,7 @@ class Authenticator:
         self.cache: ReviewCache | None = None
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self.metrics = get_metrics()
+        self._cache_labels = {r: ("hit" if r == "shared" else r,) for r in get_args(CacheResult)}
         self._slots = threading.BoundedSemaphore(config.review_max_inflight)
         if config.mode == "tokenreview":
             self.reviewer = KubeTokenReviewer(config)
@@ -90,23 +97,36 @@ class Authenticator:
         Raises `AuthError` with the seed's message, or `RateLimited` for a client past the failure
         limit, after logging the decision, never the token.
         """
-        record = AuditRecord(_now(), remote_addr, method, path, result="allow")
         try:
             if self.limiter is not None:
                 retry_after = self.limiter.retry_after(remote_addr)
                 if retry_after is not None:
                     raise RateLimited(retry_after)
-            identity = self._chain(header, record)
+            identity, cache, latency = self._chain(header)
         except AuthError as e:
             if self.limiter is not None:
                 self.limiter.record_failure(remote_addr)
-            self._decided(record, e)
+            self._denied(e, remote_addr, method, path)
             raise
         except RateLimited as e:
-            self._decided(record, e)
+            self._denied(e, remote_addr, method, path)
             raise
-        record.username, record.auth_method = identity.username, identity.method
-        self._decided(record)
+        if self.metrics is not None:
+            self.metrics.requests.inc("allow", "ok")
+        if audit_logger.isEnabledFor(logging.INFO):
+            self._audit(
+                AuditRecord(
+                    _now(),
+                    remote_addr,
+                    method,
+                    path,
+                    "allow",
+                    username=identity.username,
+                    auth_method=identity.method,
+                    cache=cache,
+                    review_latency_ms=latency,
+                )
+            )
         return identity
 
     def authorize(
@@ -123,36 +143,39 @@ class Authenticator:
         try:
             authorize(identity, namespaces, service_accounts)
         except AuthError as e:
-            record = AuditRecord(_now(), remote_addr, method, path, result="allow")
-            record.username, record.auth_method = identity.username, identity.method
-            self._decided(record, e)
+            self._denied(e, remote_addr, method, path, identity)
             raise
 
-    def _chain(self, header: str | None, record: AuditRecord) -> Identity:
-        token = bearer_token(header)
+    def _chain(self, header: str | None) -> tuple[Identity, CacheResult | None, float | None]:
+        token = bearer_token(header, check_format=self.cache is None)
         if self.reviewer is None or self.cache is None:
             if self._secret_digest is None:
-                return Identity(method="basic")
+                return BASIC_IDENTITY, None, None
             if not hmac.compare_digest(_digest(token), self._secret_digest):
                 raise AuthError(INVALID_API_TOKEN, reason="invalid_api_token")
-            return Identity(method="shared-secret")
+            return SHARED_SECRET_IDENTITY, None, None
+        audiences = self.config.audiences
         started = time.perf_counter()
-        try:
-            outcome, record.cache = self.cache.get_or_review(token, self.config.audiences, self._review)
-        finally:
-            if record.cache != "hit":
-                record.review_latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        if self.metrics is not None and record.cache is not None:
-            self.metrics.cache.labels(outcome="hit" if record.cache == "shared" else record.cache).inc()
-        if record.cache == "stale":
+        outcome, cache = self.cache.get_or_review(token, audiences, self._review)
+        latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
+        if self.metrics is not None:
+            self.metrics.cache.inc(*self._cache_labels[cache])
+        if cache == "stale":
             logger.warning("accepting a stale TokenReview: the API server is unavailable")
-        identity = identity_from_review(outcome, self.config.audiences)
-        authorize(identity, self.config.allowed_namespaces, self.config.allowed_service_accounts)
-        return identity
+        try:
+            identity: Identity | None = outcome.memo.get(audiences)
+            if identity is None:
+                identity = outcome.memo[audiences] = identity_from_review(outcome, audiences)
+            authorize(identity, self.config.allowed_namespaces, self.config.allowed_service_accounts)
+        except AuthError as e:
+            e.cache, e.review_latency_ms = cache, latency
+            raise
+        return identity, cache, latency
 
     def _review(self, token: str, audiences: Sequence[str]) -> ReviewOutcome:
-        """One TokenReview call, if a slot is free (the bulkhead)."""
+        """One TokenReview call for a well-formed token, if a slot is free (the bulkhead)."""
         assert self.reviewer is not None
+        check_token_format(token)
         if not self._slots.acquire(blocking=False):
             raise AuthError.api_call_failed(
                 f"{self.config.review_max_inflight} TokenReviews already in flight", reason=API_OVERLOADED
@@ -169,23 +192,46 @@ class Authenticator:
                 metrics.inflight.dec()
                 metrics.review_duration.observe(time.perf_counter() - started)
 
-    def _decided(self, record: AuditRecord, error: AuthError | RateLimited | None = None) -> None:
-        if error is not None:
-            record.result = "rate_limited" if isinstance(error, RateLimited) else "deny"
-            record.reason, record.message = error.reason, error.message
-            logger.warning(
-                "authentication failed: %s [reason=%s remote_addr=%s method=%s path=%r]",
-                error.message,
-                error.reason,
-                record.remote_addr,
-                record.method,
-                record.path,
-            )
+    def _denied(
+        self,
+        error: AuthError | RateLimited,
+        remote_addr: str | None,
+        method: str | None,
+        path: str | None,
+        identity: Identity | None = None,
+    ) -> None:
+        result = "rate_limited" if isinstance(error, RateLimited) else "deny"
+        logger.warning(
+            "authentication failed: %s [reason=%s remote_addr=%s method=%s path=%r]",
+            error.message,
+            error.reason,
+            remote_addr,
+            method,
+            path,
+        )
         if self.metrics is not None:
-            self.metrics.requests.labels(result=record.result, reason=record.reason or "ok").inc()
+            self.metrics.requests.inc(result, error.reason)
         if audit_logger.isEnabledFor(logging.INFO):
-            fields = asdict(record)
-            audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
+            self._audit(
+                AuditRecord(
+                    _now(),
+                    remote_addr,
+                    method,
+                    path,
+                    result,
+                    reason=error.reason,
+                    message=error.message,
+                    username=identity.username if identity else None,
+                    auth_method=identity.method if identity else None,
+                    cache=getattr(error, "cache", None),
+                    review_latency_ms=getattr(error, "review_latency_ms", None),
+                )
+            )
+
+    @staticmethod
+    def _audit(record: AuditRecord) -> None:
+        fields = asdict(record)
+        audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
 
 
 def _digest(secret: str) -> bytes:

@@ -9,7 +9,7 @@ MAX_TOKEN_LENGTH = 16384
 """Longer tokens are rejected unread. Real ServiceAccount tokens are 1-2 KiB."""
 
 
-def bearer_token(header: str | None) -> str:
+def bearer_token(header: str | None, *, check_format: bool = True) -> str:
     """The token of ``Authorization: Bearer <token>``, or an `AuthError` with the seed's message.
 
     The scheme compares case-insensitively (RFC 7235) and one or more spaces may follow it. The
@@ -17,6 +17,9 @@ def bearer_token(header: str | None) -> str:
     ``Authorization`` headers reach a WSGI app joined by a comma, which no token contains, so
     they are rejected too. A bare ``Bearer`` counts as an empty token, since servers strip the
     trailing space of ``Bearer ``.
+
+    ``check_format=False`` leaves the character check to the caller (`check_token_format`): the
+    TokenReview path runs it only on a cache miss, as a token found in the cache passed it before.
     """
     if header is None:
         raise AuthError(MISSING_HEADER, challenge="none", reason="missing_header")
@@ -26,6 +29,14 @@ def bearer_token(header: str | None) -> str:
     token = token.strip(" ")
     if not token:
         raise AuthError(EMPTY_TOKEN, challenge="invalid_request", reason="empty_token")
-    if len(token) > MAX_TOKEN_LENGTH or not B64TOKEN.fullmatch(token):
+    if len(token) > MAX_TOKEN_LENGTH:
         raise AuthError(INVALID_FORMAT, challenge="invalid_request", reason="invalid_format")
+    if check_format:
+        check_token_format(token)
     return token
+
+
+def check_token_format(token: str) -> None:
+    """`AuthError` unless ``token`` is one RFC 6750 ``b64token``."""
+    if not B64TOKEN.fullmatch(token):
+        raise AuthError(INVALID_FORMAT, challenge="invalid_request", reason="invalid_format")

@@ -60,6 +60,10 @@ class AuthError(Unauthorized):
     ``reason`` is a short, stable label for logs and metrics.
     """
 
+    cache: str | None = None
+    """For the audit log: the review cache's answer when the failure came after a lookup."""
+    review_latency_ms: float | None = None
+
     def __init__(self, message: str, *, challenge: Challenge = "invalid_token", reason: str = "invalid_token"):
         super().__init__(description=message)
         self.message = message

@@ -49,9 +49,11 @@ class BindcarAuth:
 
     def init_app(self, app: Flask) -> None:
         """Load and validate the configuration (`ConfigError` if it cannot work) and guard ``app``."""
-        self._authenticators[app] = Authenticator(AuthConfig.load(self._overrides, app.config))
+        auth = Authenticator(AuthConfig.load(self._overrides, app.config))
+        self._authenticators[app] = auth
         app.extensions["bindcar"] = self
-        app.before_request(self._guard)
+        if auth.config.protect_all:
+            app.before_request(_Guard(app, auth))
 
     def authenticator(self, app: Flask | None = None) -> Authenticator:
         """The `Authenticator` serving ``app`` (default: the current app)."""
@@ -65,18 +67,36 @@ class BindcarAuth:
         """The resolved configuration of ``app`` (default: the current app)."""
         return self.authenticator(app).config
 
-    def _guard(self) -> None:
-        auth = self.authenticator()
-        if not auth.config.protect_all or _exempt(auth):
+
+class _Guard:
+    """One app's ``before_request`` hook: authenticate unless the request is exempt.
+
+    Bound to its app and `Authenticator`, so the hot path does no lookups through proxies or
+    registries; whether an endpoint is exempt is read from its view once.
+    """
+
+    def __init__(self, app: Flask, auth: Authenticator):
+        self.app = app
+        self.auth = auth
+        self.exempt_paths = auth.config.exempt_paths
+        self._exempt_endpoints: dict[str, bool] = {}
+
+    def __call__(self) -> None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if req.method in EXEMPT_METHODS or req.path in self.exempt_paths:
             return
-        _authenticate(auth)
-
-
-def _exempt(auth: Authenticator) -> bool:
-    if request.method in EXEMPT_METHODS or request.path in auth.config.exempt_paths:
-        return True
-    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    return bool(getattr(view, EXEMPT_ATTR, False))
+        endpoint = req.endpoint
+        if endpoint is not None:
+            exempt = self._exempt_endpoints.get(endpoint)
+            if exempt is None:
+                view = self.app.view_functions.get(endpoint)
+                exempt = self._exempt_endpoints[endpoint] = bool(getattr(view, EXEMPT_ATTR, False))
+            if exempt:
+                return
+        identity = self.auth.authenticate(
+            req.environ.get("HTTP_AUTHORIZATION"), remote_addr=req.remote_addr, method=req.method, path=req.path
+        )
+        setattr(g, _G_IDENTITY, identity)
 
 
 def _request_info() -> dict[str, Any]:
@@ -86,7 +106,7 @@ def _request_info() -> dict[str, Any]:
 def _authenticate(auth: Authenticator) -> Identity:
     identity: Identity | None = g.get(_G_IDENTITY)
     if identity is None:
-        identity = auth.authenticate(request.headers.get("Authorization"), **_request_info())
+        identity = auth.authenticate(request.environ.get("HTTP_AUTHORIZATION"), **_request_info())
         setattr(g, _G_IDENTITY, identity)
     return identity
 

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,8 @@ class ReviewOutcome:
     error: str | None = None
     user: Mapping[str, Any] | None = None
     audiences: tuple[str, ...] = ()
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Values derived from this outcome alone (the `Identity` per audience list), computed once."""
 
 
 class ClientBuildError(Exception):

@@ -76,7 +76,6 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             if LEAK.search(line):
                 leaks.append(f"{path.name}:{n}: {LEAK.sub('<TOKEN>', line)[:200]}")
     assert not leaks, "tokens in the logs:\n" + "\n".join(leaks[:20])
-    assert (directory / "pytest.log").stat().st_size > 0
 
 
 @pytest.fixture

@@ -266,3 +266,32 @@ def test_single_flight_and_rate_limit_under_gunicorn(
         assert limited.json() == {"error": "Too many failed authentication attempts"}
         assert 1 <= int(limited.headers["Retry-After"]) <= 60
         assert fake_cluster.reviews_served == 2  # "nope" was reviewed once, then cached
+
+
+def test_cache_key_is_hmac_sha256() -> None:
+    import hashlib
+    import hmac
+    import os
+
+    from flask_bindcar.cache import HmacSha256
+
+    for key in (os.urandom(32), os.urandom(100)):
+        for message in (b"", b"abc", os.urandom(5000)):
+            assert HmacSha256(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
+
+
+def test_sharded_counter_counts_every_increment_across_threads() -> None:
+    from flask_bindcar.metrics import ShardedCounter
+
+    counter = ShardedCounter("test_counter", "doc", ("result",))
+
+    def bump() -> None:
+        for i in range(10_000):
+            counter.inc("allow" if i % 2 else "deny")
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter.values() == {("allow",): 40_000, ("deny",): 40_000}

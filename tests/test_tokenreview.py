@@ -415,3 +415,14 @@ def test_single_flight_shares_the_leaders_failure(cluster: FakeCluster, make_aut
             t.join()
     assert errors == ["Token validation failed: TokenReview API call failed: no answer within 1s"] * 8
     assert cluster.review_requests == 1
+
+
+@pytest.mark.parametrize("header", ["Bearer tök\u00e9n", "Bearer a,Bearer b", "Bearer abc def", "Bearer a=b"])
+def test_malformed_tokens_never_reach_the_api_server(cluster: FakeCluster, make_auth: MakeAuth, header: str) -> None:
+    auth = make_auth()
+    for _ in range(2):
+        with pytest.raises(AuthError) as info:
+            auth.authenticate(header)
+        assert info.value.message == "Invalid Authorization header format. Expected: Bearer <token>"
+        assert info.value.challenge == "invalid_request"
+    assert cluster.review_requests == 0

@@ -209,6 +209,15 @@ class FakeCluster:
         return path
 
     @property
+    def public_key_pem(self) -> bytes:
+        """The public half of the ServiceAccount signing key (what ``/openid/v1/jwks`` publishes)."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
     def ca_pem(self) -> bytes:
         return bytes(self._ca.cert_pem.bytes())
 

@@ -1,0 +1,422 @@
+"""flask-bindcar benchmarks: ratios measured side by side in one run (``make bench``).
+
+Every figure compares things measured in the same process, in interleaved rounds, and reports
+medians, so a noisy shared machine moves both sides alike. Nothing here is asserted: the suite
+in ``tests/`` proves behaviour; this measures cost.
+
+1. warm-cache request cost / bare Flask, next to Flask-HTTPAuth (dict lookup) and
+   flask-jwt-extended (RS256 verified locally);
+2. cold request cost / one raw ``create_token_review`` through the official client;
+3. TokenReviews sent for 64 concurrent requests with one fresh token, and for 10,000 requests
+   over 100 tokens;
+4. resident memory after 100,000 distinct garbage tokens, and TokenReviews sent for them with
+   the failure limit on;
+5. throughput under gunicorn (``--threads 8``) with a warm cache / the same app without
+   authentication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import http.client
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from werkzeug.test import EnvironBuilder
+
+from flask_bindcar import AuthConfig, BindcarAuth
+from flask_bindcar.authenticator import Authenticator
+from flask_bindcar.cache import ReviewCache
+from flask_bindcar.kube import ReviewOutcome
+from flask_bindcar.ratelimit import FailureLimiter, Limit
+from flask_bindcar.testing import FakeCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTE = "/api/v1/zones"
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+    return None
+
+
+def wsgi_cost(app: Callable[..., Iterable[bytes]], environ: dict[str, Any], n: int) -> float:
+    """Seconds per request of calling ``app`` directly, the response consumed."""
+    started = time.perf_counter()
+    for _ in range(n):
+        for _chunk in app(dict(environ), _start_response):
+            pass
+    return (time.perf_counter() - started) / n
+
+
+def interleaved(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of each contender over rounds that alternate between them."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, measure in contenders.items():
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bare_app() -> Flask:
+    app = Flask("bare")
+    app.add_url_rule(ROUTE, "zones", lambda: "ok")
+    return app
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- 1 ----------------------------------------------------------------------------------------
+
+
+def bench_warm(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    from flask_httpauth import HTTPTokenAuth
+    from flask_jwt_extended import JWTManager, jwt_required
+
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+
+    bare = bare_app()
+    bindcar = bare_app()
+    BindcarAuth(bindcar, mode="tokenreview", kubeconfig=str(kubeconfig))
+
+    httpauth = Flask("httpauth")
+    token_auth = HTTPTokenAuth(scheme="Bearer")
+    users = {token: "system:serviceaccount:dns-system:external-dns"}
+    token_auth.verify_token(users.get)
+    httpauth.add_url_rule(ROUTE, "zones", token_auth.login_required(lambda: "ok"))
+
+    jwt_app = Flask("jwt")
+    jwt_app.config.update(
+        JWT_ALGORITHM="RS256",
+        JWT_PUBLIC_KEY=cluster.public_key_pem.decode(),
+        JWT_DECODE_AUDIENCE="bindcar",
+        JWT_DECODE_ISSUER="https://kubernetes.default.svc.cluster.local",
+        JWT_TOKEN_LOCATION=["headers"],
+    )
+    JWTManager(jwt_app)
+    jwt_app.add_url_rule(ROUTE, "zones", jwt_required()(lambda: "ok"))
+
+    apps = {
+        "bare Flask": bare,
+        "flask-bindcar (warm)": bindcar,
+        "Flask-HTTPAuth": httpauth,
+        "flask-jwt-extended": jwt_app,
+    }
+    for name, app in apps.items():  # warm up, and check each one really lets the request through
+        status: list[str] = []
+        body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
+        if not status[0].startswith("200") or body != b"ok":
+            raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
+    n = 500 if quick else 2000
+    medians = interleaved(
+        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
+    )
+    base = medians["bare Flask"]
+    return {
+        "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
+        "ratio_to_bare": {name: round(v / base, 3) for name, v in medians.items()},
+        "token_length": len(token),
+    }
+
+
+# -- 2 ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster_process() -> Iterator[dict[str, Any]]:
+    """The stand-in in a process of its own, as the real API server would be: what it prints."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flask_bindcar.testing", "--json", "--dir", tmp], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            yield json.loads(proc.stdout.readline())
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+def bench_cold(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    """Every request misses the cache (TTL 0), against the stand-in running in another process."""
+    from kubernetes import client, config
+
+    per_round = 20 if quick else 50
+    rounds = 5 if quick else 15
+    with cluster_process() as remote:
+        token = remote["tokens"]["dns-system/external-dns"]
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=remote["kubeconfig"], client_configuration=cfg, persist_config=False)
+        api = client.AuthenticationV1Api(client.ApiClient(cfg))
+        app = bare_app()
+        BindcarAuth(app, mode="tokenreview", kubeconfig=remote["kubeconfig"], cache_ttl=0, cache_failure_ttl=0)
+        environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": ["bindcar"]},
+        }
+
+        def raw() -> float:
+            started = time.perf_counter()
+            for _ in range(per_round):
+                review = api.create_token_review(body, _request_timeout=5)
+                assert review.status.authenticated
+            return (time.perf_counter() - started) / per_round
+
+        def cold() -> float:
+            return wsgi_cost(app, environ, per_round)
+
+        raw(), cold()  # connections open, clients built
+        medians = interleaved({"raw create_token_review": raw, "flask-bindcar (cold)": cold}, rounds)
+    return {
+        "per_request_ms": {name: round(v * 1e3, 3) for name, v in medians.items()},
+        "ratio": round(medians["flask-bindcar (cold)"] / medians["raw create_token_review"], 3),
+    }
+
+
+# -- 3 ----------------------------------------------------------------------------------------
+
+
+def bench_reviews_sent(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    app = bare_app()
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(kubeconfig))
+    cluster.latency = 0.02  # the seed's in-cluster upper figure
+
+    token = cluster.token("dns-system", "burst", audiences=["bindcar"])
+    environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+    barrier = threading.Barrier(64)
+    statuses: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        for _chunk in app(dict(environ), lambda s, h, e=None: statuses.append(s)):
+            pass
+
+    before = cluster.reviews_served
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    burst = cluster.reviews_served - before
+
+    tokens = [cluster.token("dns-system", f"many-{i}", audiences=["bindcar"]) for i in range(100)]
+    envs = [EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {t}"}).get_environ() for t in tokens]
+    total = 2000 if quick else 10_000
+    before = cluster.reviews_served
+    started = time.perf_counter()
+    for i in range(total):
+        for _chunk in app(dict(envs[i % 100]), _start_response):
+            pass
+    elapsed = time.perf_counter() - started
+    cluster.latency = 0.0
+    return {
+        "concurrent_64_one_token": {"requests": 64, "ok": statuses.count("200 OK"), "reviews": burst},
+        f"{total}_requests_100_tokens": {"reviews": cluster.reviews_served - before, "seconds": round(elapsed, 2)},
+    }
+
+
+# -- 4 ----------------------------------------------------------------------------------------
+
+
+def bench_garbage(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    distinct = 20_000 if quick else 100_000
+    not_authenticated = ReviewOutcome(authenticated=False)
+    cache = ReviewCache(ttl=10, failure_ttl=10, max_size=10_000, wait_timeout=5)
+    limiter = FailureLimiter(Limit(20, 60))
+    gc.collect()
+    rss_before = rss_mib()
+    for i in range(distinct):
+        garbage = secrets.token_urlsafe(700)  # the size of a real ServiceAccount token
+        cache.get_or_review(garbage, ("bindcar",), lambda _t, _a: not_authenticated)
+        limiter.record_failure(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    gc.collect()
+    rss_after = rss_mib()
+
+    auth = Authenticator(
+        AuthConfig.load(
+            {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "failure_limit": "20/minute"}, environ={}
+        )
+    )
+    before = cluster.review_requests
+    refused = 0
+    for _ in range(distinct):
+        try:
+            auth.authenticate(f"Bearer {secrets.token_urlsafe(700)}", remote_addr="203.0.113.9")
+        except Exception as e:  # AuthError (the first 20), then RateLimited
+            refused += getattr(e, "code", 0) == 429
+    return {
+        "distinct_garbage_tokens": distinct,
+        "cache_entries": len(cache),
+        "limiter_addresses": len(limiter),
+        "rss_growth_mib": round(rss_after - rss_before, 1),
+        "with_failure_limit_20_per_minute": {
+            "tokenreviews_sent": cluster.review_requests - before,
+            "answered_429": refused,
+        },
+    }
+
+
+# -- 5 ----------------------------------------------------------------------------------------
+
+
+def _load(port: int, seconds: float, token: str, counter: Any) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Authorization": f"Bearer {token}"}
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        conn.request("GET", ROUTE, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"load generator got {response.status}")
+        done += 1
+    with counter.get_lock():
+        counter.value += done
+
+
+def throughput(port: int, seconds: float, token: str, clients: int) -> float:
+    counter = multiprocessing.Value("i", 0)
+    procs = [multiprocessing.Process(target=_load, args=(port, seconds, token, counter)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return counter.value / seconds
+
+
+def bench_gunicorn(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.gunicorn_server import gunicorn
+
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    auth = {"BENCH_AUTH": "1", "BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(kubeconfig)}
+    seconds = 1.0 if quick else 3.0
+    target = "benchmarks.app:create_app()"
+    with gunicorn(target, auth, log, threads=8) as with_auth, gunicorn(target, {}, log, threads=8) as without_auth:
+        ports = {
+            "with flask-bindcar": int(with_auth.rsplit(":", 1)[1]),
+            "without authentication": int(without_auth.rsplit(":", 1)[1]),
+        }
+        for port in ports.values():
+            throughput(port, 0.5, token, 2)  # warm: connections, the client, the cache
+        medians = interleaved(
+            {name: (lambda port=port: throughput(port, seconds, token, 4)) for name, port in ports.items()},
+            2 if quick else 5,
+        )
+    return {
+        "requests_per_second": {name: round(v) for name, v in medians.items()},
+        "ratio": round(medians["with flask-bindcar"] / medians["without authentication"], 3),
+    }
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import kubernetes
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "flask": importlib.metadata.version("flask"),
+        "kubernetes client": kubernetes.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = results["1_warm"]["ratio_to_bare"]
+    names = [*warm, "flask-bindcar cold\n/ raw client call", "gunicorn throughput\nwith / without"]
+    values = [*warm.values(), results["2_cold"]["ratio"], results["5_gunicorn"]["ratio"]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bars = ax.bar(range(len(values)), values, color=["#999", "#2a7", "#48c", "#c84", "#2a7", "#2a7"])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), [n.replace(" (warm)", "\n(warm cache)") for n in names], fontsize=8)
+    ax.set_ylabel("ratio (1.0 = the baseline)")
+    ax.set_title("Request cost relative to its baseline (lower is better; throughput: higher)")
+    for bar, value in zip(bars, values, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--docs", action="store_true", help="write docs/performance.md and its plot")
+    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-5)")
+    args = parser.parse_args(argv)
+
+    benches = {
+        "1_warm": bench_warm,
+        "2_cold": bench_cold,
+        "3_reviews_sent": bench_reviews_sent,
+        "4_garbage": bench_garbage,
+        "5_gunicorn": bench_gunicorn,
+    }
+    results: dict[str, Any] = {"machine": machine()}
+    with FakeCluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        kubeconfig = cluster.write_kubeconfig(Path(tmp) / "kubeconfig")
+        for name, bench in benches.items():
+            if args.only and int(name[0]) not in args.only:
+                continue
+            started = time.perf_counter()
+            results[name] = bench(cluster, kubeconfig, args.quick)
+            print(
+                f"## {name} ({time.perf_counter() - started:.1f}s)\n{json.dumps(results[name], indent=2)}\n", flush=True
+            )
+    out = ROOT / "benchmarks" / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out}")
+    if args.docs and len(results) == 6:
+        from benchmarks.report import write_docs
+
+        plot(results, ROOT / "docs" / "performance.png")
+        write_docs(results, ROOT / "docs" / "performance.md")
+        print("wrote docs/performance.md and docs/performance.png")
+    return 0
+
+
+if __name__ == "__main__":
+    logging_off = os.environ.get("BENCH_LOGGING") is None
+    if logging_off:
+        import logging
+
+        logging.disable(logging.WARNING)  # failures are logged at WARNING; benchmark 4 makes 100,000
+    raise SystemExit(main())
