@@ -95,6 +95,17 @@ def create_app(data_dir: str | Path | None = None) -> Flask:
     def ready() -> Any:
         return jsonify(status="ready")
 
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    except ImportError:  # the metrics extra is not installed
+        pass
+    else:
+
+        @app.get("/metrics")
+        @auth_exempt
+        def metrics() -> Any:
+            return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
     @app.get("/api/v1/server/status")
     def server_status() -> Any:
         return jsonify(status="running", zones=len(store.names()), caller=caller())

@@ -116,3 +116,13 @@ def test_demo_commands_give_their_printed_outcomes(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+
+
+def test_metrics_endpoint_is_exempt_and_counts_decisions(client: FlaskClient) -> None:
+    client.get("/api/v1/zones", headers=AUTH)
+    client.get("/api/v1/zones")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert 'bindcar_auth_requests_total{reason="ok",result="allow"}' in text
+    assert 'bindcar_auth_requests_total{reason="missing_header",result="deny"}' in text

@@ -43,6 +43,7 @@ def test_wsgi_snippet() -> None:
     assert client.get("/healthz").json == {"caller": None}
 
 
+# --8<-- [start:user-test]
 def test_only_external_dns_may_delete_zones(fake_cluster, fake_kubeconfig, monkeypatch, tmp_path):
     monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
     monkeypatch.setenv("KUBECONFIG", str(fake_kubeconfig))
@@ -55,3 +56,4 @@ def test_only_external_dns_may_delete_zones(fake_cluster, fake_kubeconfig, monke
     assert response.json == {
         "error": "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"
     }
+# --8<-- [end:user-test]
