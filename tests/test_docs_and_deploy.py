@@ -68,11 +68,7 @@ def expand(body: str) -> str:
 
 
 def test_every_seed_section_is_documented() -> None:
-    headings = {
-        h.strip().lower()
-        for page in DOCS
-        for h in re.findall(r"^#{1,4} (.+)$", page.read_text(), flags=re.M)
-    }
+    headings = {h.strip().lower() for page in DOCS for h in re.findall(r"^#{1,4} (.+)$", page.read_text(), flags=re.M)}
     missing = [s for s in SEED_SECTIONS if not any(h.startswith(s.lower()) for h in headings)]
     assert missing == []
 

@@ -56,4 +56,6 @@ def test_only_external_dns_may_delete_zones(fake_cluster, fake_kubeconfig, monke
     assert response.json == {
         "error": "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"
     }
+
+
 # --8<-- [end:user-test]
