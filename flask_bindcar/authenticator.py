@@ -37,6 +37,11 @@ BASIC_WARNING = (
 )
 
 
+NO_ALLOWLIST_WARNING = (
+    "flask-bindcar is in TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: "
+    "every ServiceAccount of the cluster is accepted. Set an allowlist, and BIND_REQUIRE_ALLOWLIST=true to "
+    "refuse to start without one."
+)
 BASIC_IDENTITY = Identity(method="basic")
 SHARED_SECRET_IDENTITY = Identity(method="shared-secret")
 
@@ -83,6 +88,8 @@ class Authenticator:
         logger.info("flask-bindcar configuration: %s", json.dumps(config.describe(), sort_keys=True))
         if config.mode == "basic" and self._secret_digest is None:
             logger.warning(BASIC_WARNING)
+        elif config.mode == "tokenreview" and not config.has_allowlist:
+            logger.warning(NO_ALLOWLIST_WARNING)
 
     def authenticate(
         self,

@@ -198,6 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kube_api_server", None, "KUBE_API_SERVER", None, _text),
     Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
     Setting("kube_ca_cert_path", None, "KUBE_CA_CERT_PATH", None, _text),
+    Setting("require_allowlist", "BINDCAR_REQUIRE_ALLOWLIST", "BIND_REQUIRE_ALLOWLIST", False, _flag),
     Setting("protect_all", "BINDCAR_PROTECT_ALL", None, True, _flag),
     Setting("exempt_paths", "BINDCAR_EXEMPT_PATHS", "BIND_AUTH_EXEMPT_PATHS", frozenset(), _paths),
 )
@@ -241,6 +242,7 @@ class AuthConfig:
     kube_api_server: str | None = None
     kube_token_path: str | None = None
     kube_ca_cert_path: str | None = None
+    require_allowlist: bool = False
     protect_all: bool = True
     exempt_paths: frozenset[str] = frozenset()
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -291,6 +293,12 @@ class AuthConfig:
             raise ConfigError(
                 f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}"
             ) from None
+        if self.require_allowlist and not self.has_allowlist:
+            raise ConfigError(
+                f"{self.sources['require_allowlist'][1]}=true, but TokenReview mode has no allowlist: set "
+                "BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS, or every ServiceAccount of the cluster "
+                "is accepted"
+            )
         given = [name for name in KUBE_TRIO if getattr(self, name.lower())]
         if given and len(given) != len(KUBE_TRIO):
             missing = [name for name in KUBE_TRIO if name not in given]
@@ -300,8 +308,28 @@ class AuthConfig:
             )
 
     @property
-    def cache_enabled(self) -> bool:
-        return self.cache_ttl > 0 or self.cache_failure_ttl > 0
+    def has_allowlist(self) -> bool:
+        return self.allowed_namespaces is not None or self.allowed_service_accounts is not None
+
+    def posture_warnings(self) -> list[str]:
+        """What this configuration lets through that production usually should not."""
+        warnings = []
+        if self.mode == "basic" and not self.api_token:
+            warnings.append(
+                "Basic mode without BIND_API_TOKEN: any well-formed bearer token is accepted and nothing about it "
+                "is verified"
+            )
+        if self.mode == "tokenreview" and not self.has_allowlist:
+            warnings.append(
+                "TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: every "
+                "ServiceAccount of the cluster is accepted"
+            )
+        if self.mode == "tokenreview" and self.audiences == ("bindcar",) and self.sources["audiences"][0] == "default":
+            warnings.append(
+                "BIND_TOKEN_AUDIENCES is the default 'bindcar': tokens made for any service that also uses the "
+                "default are accepted here"
+            )
+        return warnings
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values for logs and diagnostics; the shared secret only as set/unset."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import click
 from flask import Flask, current_app, g, request
+from flask.cli import with_appcontext
 from werkzeug.local import LocalProxy
 
 from flask_bindcar.authenticator import Authenticator
@@ -52,6 +55,7 @@ class BindcarAuth:
         auth = Authenticator(AuthConfig.load(self._overrides, app.config))
         self._authenticators[app] = auth
         app.extensions["bindcar"] = self
+        app.cli.add_command(cli)
         if auth.config.protect_all:
             app.before_request(_Guard(app, auth))
 
@@ -166,3 +170,27 @@ def auth_exempt(view: F) -> F:
     """Let this view through without authentication (health and readiness probes, say)."""
     setattr(view, EXEMPT_ATTR, True)
     return view
+
+
+@click.group("bindcar", help="flask-bindcar troubleshooting, with this app's configuration.")
+def cli() -> None:
+    pass
+
+
+@cli.command("doctor", help="Check the configuration, the client, the API server and the RBAC permission.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@with_appcontext
+def doctor_command(as_json: bool) -> None:
+    from flask_bindcar.__main__ import run_doctor
+
+    raise SystemExit(run_doctor(_extension().config(), as_json))
+
+
+@cli.command("review", help="Explain what happens to a token, read from stdin or --token-file (never argv).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@with_appcontext
+def review_command(token_file: Path | None, as_json: bool) -> None:
+    from flask_bindcar.__main__ import read_token, run_review
+
+    raise SystemExit(run_review(_extension().config(), read_token(token_file), as_json))

@@ -1,0 +1,57 @@
+"""``python -m flask_bindcar doctor|review``: troubleshooting with the configuration from the environment.
+
+``doctor`` checks the configuration, the Kubernetes client, the API server, the permission to
+create TokenReviews and a probe review; exit status 1 when a check fails. ``review`` reads a token
+from standard input (or ``--token-file``; never from the command line, where ``ps`` would show it)
+and prints each step of the chain and the answer a client would get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flask_bindcar.config import AuthConfig
+from flask_bindcar.doctor import doctor, review
+from flask_bindcar.errors import ConfigError
+
+
+def run_doctor(config: AuthConfig, as_json: bool) -> int:
+    report = doctor(config)
+    print(report.json() if as_json else report.text())
+    return 0 if report.ok else 1
+
+
+def read_token(token_file: Path | None) -> str:
+    text = token_file.read_text() if token_file is not None else sys.stdin.read()
+    return text.strip()
+
+
+def run_review(config: AuthConfig, token: str, as_json: bool) -> int:
+    report, _, error = review(config, token)
+    print(report.json() if as_json else report.text())
+    return 0 if error is None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flask_bindcar", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor_cmd = commands.add_parser("doctor", help="check the configuration and the cluster end to end")
+    doctor_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
+    review_cmd = commands.add_parser("review", help="explain what happens to a token (read from stdin)")
+    review_cmd.add_argument("--token-file", type=Path, help="read the token from this file instead of stdin")
+    review_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
+    args = parser.parse_args(argv)
+    try:
+        config = AuthConfig.load()
+    except ConfigError as e:
+        print(f"✘ configuration: {e}", file=sys.stderr)
+        return 1
+    if args.command == "doctor":
+        return run_doctor(config, args.json)
+    return run_review(config, read_token(args.token_file), args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Troubleshooting built in: ``doctor`` checks a configuration end to end, ``review`` explains a token.
+
+Both use the library's own configuration and client code, so what they report is what a request
+meets. Neither ever prints a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from flask_bindcar.config import AuthConfig
+from flask_bindcar.credentials import bearer_token
+from flask_bindcar.errors import INVALID_API_TOKEN, AuthError
+from flask_bindcar.identity import Identity, split_service_account
+from flask_bindcar.policy import authorize, identity_from_review
+
+Status = Literal["pass", "fail", "warn", "skip"]
+SYMBOLS: dict[Status, str] = {"pass": "✔", "fail": "✘", "warn": "⚠", "skip": "-"}
+REVIEW_VERDICTS = ("the token is accepted", "the token is rejected")
+PROBE_TOKEN = "bindcar-doctor-probe-not-a-token"
+
+RBAC_TEMPLATE = """\
+# TokenReview mode needs permission to create TokenReview objects, and nothing else.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: bindcar-tokenreview
+rules:
+  - apiGroups: ["authentication.k8s.io"]
+    resources: ["tokenreviews"]
+    verbs: ["create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: bindcar-tokenreview
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: bindcar-tokenreview
+subjects:
+  - kind: ServiceAccount
+    name: {name}
+    namespace: {namespace}
+"""
+
+
+def rbac_yaml(namespace: str, name: str) -> str:
+    """The ClusterRole and ClusterRoleBinding that let ServiceAccount ``namespace/name`` review tokens."""
+    return RBAC_TEMPLATE.format(namespace=namespace, name=name)
+
+
+@dataclass
+class Check:
+    """One line of the report; ``fix`` says what to do when the status is ``fail``."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        out = [f"{SYMBOLS[self.status]} {self.name}: {self.detail}"]
+        out += [f"    {line}" for line in self.lines]
+        if self.fix:
+            out += [
+                f"    fix: {line}" if i == 0 else f"         {line}" for i, line in enumerate(self.fix.splitlines())
+            ]
+        return "\n".join(out)
+
+
+@dataclass
+class Report:
+    title: str
+    checks: list[Check]
+    verdicts: tuple[str, str] = ("all checks passed", "some checks failed")
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def text(self) -> str:
+        verdict = self.verdicts[0] if self.ok else self.verdicts[1]
+        return "\n".join([self.title, *(c.render() for c in self.checks), verdict])
+
+    def json(self) -> str:
+        return json.dumps({"ok": self.ok, "title": self.title, "checks": [asdict(c) for c in self.checks]}, indent=2)
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = call()
+    return result, (time.perf_counter() - started) * 1000
+
+
+def _jwt_subject(token: str | None) -> str | None:
+    parts = (token or "").split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) else None
+
+
+def configuration_check(config: AuthConfig) -> Check:
+    lines = []
+    for name, value in config.describe().items():
+        source, variable = config.sources[name]
+        where = "default" if source == "default" else f"{source} {variable}"
+        lines.append(f"{name} = {json.dumps(value)}  ({where})")
+    return Check("configuration", "pass", f"{config.mode} mode", lines=lines)
+
+
+def doctor(config: AuthConfig) -> Report:
+    """Check ``config`` end to end: posture, client, API server, permission, a probe review."""
+    checks = [configuration_check(config)]
+    warnings = config.posture_warnings()
+    checks += [Check("posture", "warn", w) for w in warnings] or [Check("posture", "pass", "no warnings")]
+    if config.mode != "tokenreview":
+        checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
+        return Report("flask-bindcar doctor", checks)
+    checks += _kubernetes_checks(config)
+    return Report("flask-bindcar doctor", checks)
+
+
+def _kubernetes_checks(config: AuthConfig) -> list[Check]:
+    from kubernetes.client import AuthorizationV1Api, VersionApi
+
+    from flask_bindcar.kube import ClientBuildError, KubeTokenReviewer, build_api_client, kubeconfig_path
+
+    try:
+        api_client, source = build_api_client(config)
+    except ClientBuildError as e:
+        path, explicit = kubeconfig_path(config)
+        return [
+            Check(
+                "client",
+                "fail",
+                f"cannot create the Kubernetes client: {e}",
+                fix=(
+                    f"point KUBECONFIG at a kubeconfig that exists{f' (now {path})' if explicit else ''}, run in a "
+                    "pod with a ServiceAccount, or set KUBE_API_SERVER, KUBE_TOKEN_PATH and KUBE_CA_CERT_PATH"
+                ),
+            )
+        ]
+    checks = [Check("client", "pass", f"created from {source}{_context(config, source)}")]
+    cfg = api_client.configuration
+    timeout = config.review_timeout
+    unreachable_fix = f"check that {cfg.host} is reachable from here: network policy, proxy, firewall, DNS"
+
+    try:
+        response, ms = _timed(lambda: VersionApi(api_client).get_code(_request_timeout=timeout, _preload_content=False))
+        version = json.loads(response.data).get("gitVersion", "unknown version")
+        checks.append(Check("api server", "pass", f"{cfg.host} answered /version ({version}) in {ms:.1f} ms"))
+    except Exception as e:  # any failure to get an answer is this check's finding
+        checks.append(
+            Check("api server", "fail", f"{cfg.host} did not answer /version: {_why(e)}", fix=unreachable_fix)
+        )
+        checks.append(Check("permission", "skip", "needs the API server"))
+        checks.append(Check("token review", "skip", "needs the API server"))
+        return checks
+
+    credential = cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+    scheme, _, rest = credential.partition(" ")
+    caller = _jwt_subject(rest if scheme.lower() == "bearer" else credential)
+    sa = split_service_account(caller)
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {"group": "authentication.k8s.io", "resource": "tokenreviews", "verb": "create"}
+        },
+    }
+    who = caller or "this client"
+    try:
+        answer: Any = AuthorizationV1Api(api_client).create_self_subject_access_review(
+            body=body,  # type: ignore[arg-type]
+            _request_timeout=timeout,
+            _preload_content=False,
+        )
+        allowed = json.loads(answer.data).get("status", {}).get("allowed") is True
+    except Exception as e:
+        checks.append(Check("permission", "fail", f"could not ask whether {who} may create tokenreviews: {_why(e)}"))
+        allowed = None
+    if allowed is True:
+        checks.append(Check("permission", "pass", f"{who} may create tokenreviews.authentication.k8s.io"))
+    elif allowed is False:
+        namespace, name = sa if sa else ("<namespace>", "<serviceaccount>")
+        checks.append(
+            Check(
+                "permission",
+                "fail",
+                f"{who} may not create tokenreviews.authentication.k8s.io",
+                fix="apply this RBAC (kubectl apply -f -):\n" + rbac_yaml(namespace, name),
+            )
+        )
+
+    reviewer = KubeTokenReviewer(config)
+    try:
+        outcome, ms = _timed(lambda: reviewer.review(PROBE_TOKEN, config.audiences))
+        verdict = "rejected, as it should be" if not outcome.authenticated else "ACCEPTED (unexpected)"
+        status: Status = "pass" if not outcome.authenticated else "fail"
+        checks.append(Check("token review", status, f"a probe TokenReview of an invalid token: {verdict}, {ms:.1f} ms"))
+    except AuthError as e:
+        checks.append(Check("token review", "fail", e.message, fix=unreachable_fix if e.transient else None))
+    return checks
+
+
+def _context(config: AuthConfig, source: str) -> str:
+    if not source.startswith("kubeconfig"):
+        return ""
+    from kubernetes.config import list_kube_config_contexts
+
+    from flask_bindcar.kube import kubeconfig_path
+
+    try:
+        _, active = list_kube_config_contexts(config_file=kubeconfig_path(config)[0])  # type: ignore[no-untyped-call]
+    except Exception:
+        return ""
+    return f", context {active['name']}" if active else ""
+
+
+def _why(e: BaseException) -> str:
+    status = getattr(e, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(e, 'reason', '')}".rstrip()
+    return f"{type(e).__name__}: {e}"[:300]
+
+
+# -- review ------------------------------------------------------------------------------------
+
+
+def review(config: AuthConfig, token: str) -> tuple[Report, Identity | None, AuthError | None]:
+    """Run the full chain on ``token`` step by step, as a request would meet it (no cache)."""
+    checks: list[Check] = []
+    step = "header"
+    try:
+        bearer_token(f"Bearer {token}")
+        checks.append(Check(step, "pass", f"a well-formed bearer token of {len(token)} characters"))
+        if config.mode == "basic":
+            step = "basic mode"
+            if config.api_token and config.api_token != token:
+                raise AuthError(INVALID_API_TOKEN, reason="invalid_api_token")
+            identity = Identity(method="shared-secret" if config.api_token else "basic")
+            checks.append(Check(step, "pass", f"accepted ({identity.method})"))
+        else:
+            from flask_bindcar.kube import KubeTokenReviewer
+
+            step = "token review"
+            outcome, ms = _timed(lambda: KubeTokenReviewer(config).review(token, config.audiences))
+            checks.append(
+                Check(
+                    step,
+                    "pass",
+                    f"answered in {ms:.1f} ms: authenticated={outcome.authenticated}, "
+                    f"audiences={list(outcome.audiences)}, error={outcome.error!r}",
+                )
+            )
+            step = "identity"
+            identity = identity_from_review(outcome, config.audiences)
+            checks.append(Check(step, "pass", f"{identity.username} (audiences {list(identity.audiences)})"))
+            step = "namespace allowlist"
+            authorize(identity, config.allowed_namespaces, None)
+            checks.append(_allowlist_check(step, config.allowed_namespaces, identity.namespace))
+            step = "serviceaccount allowlist"
+            authorize(identity, None, config.allowed_service_accounts)
+            checks.append(_allowlist_check(step, config.allowed_service_accounts, identity.username))
+    except AuthError as e:
+        checks.append(Check(step, "fail", e.message))
+        checks.append(Check("result", "fail", f"401 {json.dumps({'error': e.message})}"))
+        return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
+    checks.append(Check("result", "pass", f"allowed as {identity.username or identity.method}"))
+    return Report("flask-bindcar review", checks, REVIEW_VERDICTS), identity, None
+
+
+def _allowlist_check(name: str, allowlist: frozenset[str] | None, value: str | None) -> Check:
+    if allowlist is None:
+        return Check(name, "pass", "not set: all allowed")
+    return Check(name, "pass", f"{value} is allowed")
