@@ -118,22 +118,15 @@ class Authenticator:
         except RateLimited as e:
             self._denied(e, remote_addr, method, path)
             raise
-        if self.metrics is not None:
-            self.metrics.requests.inc("allow", "ok")
-        if audit_logger.isEnabledFor(logging.INFO):
-            self._audit(
-                AuditRecord(
-                    _now(),
-                    remote_addr,
-                    method,
-                    path,
-                    "allow",
-                    username=identity.username,
-                    auth_method=identity.method,
-                    cache=cache,
-                    review_latency_ms=latency,
-                )
-            )
+        self._decided(
+            "allow",
+            remote_addr,
+            method,
+            path,
+            identity=identity,
+            cache=cache,
+            latency=latency,
+        )
         return identity
 
     def authorize(
@@ -207,7 +200,6 @@ class Authenticator:
         path: str | None,
         identity: Identity | None = None,
     ) -> None:
-        result = "rate_limited" if isinstance(error, RateLimited) else "deny"
         logger.warning(
             "authentication failed: %s [reason=%s remote_addr=%s method=%s path=%r]",
             error.message,
@@ -216,27 +208,48 @@ class Authenticator:
             method,
             path,
         )
-        if self.metrics is not None:
-            self.metrics.requests.inc(result, error.reason)
-        if audit_logger.isEnabledFor(logging.INFO):
-            self._audit(
-                AuditRecord(
-                    _now(),
-                    remote_addr,
-                    method,
-                    path,
-                    result,
-                    reason=error.reason,
-                    message=error.message,
-                    username=identity.username if identity else None,
-                    auth_method=identity.method if identity else None,
-                    cache=getattr(error, "cache", None),
-                    review_latency_ms=getattr(error, "review_latency_ms", None),
-                )
-            )
+        self._decided(
+            "rate_limited" if isinstance(error, RateLimited) else "deny",
+            remote_addr,
+            method,
+            path,
+            error=error,
+            identity=identity,
+            cache=getattr(error, "cache", None),
+            latency=getattr(error, "review_latency_ms", None),
+        )
 
-    @staticmethod
-    def _audit(record: AuditRecord) -> None:
+    def _decided(
+        self,
+        result: str,
+        remote_addr: str | None,
+        method: str | None,
+        path: str | None,
+        *,
+        error: AuthError | RateLimited | None = None,
+        identity: Identity | None = None,
+        cache: CacheResult | None = None,
+        latency: float | None = None,
+    ) -> None:
+        """Count the decision, and write its audit record when anyone listens."""
+        reason = error.reason if error is not None else None
+        if self.metrics is not None:
+            self.metrics.requests.inc(result, reason or "ok")
+        if not audit_logger.isEnabledFor(logging.INFO):
+            return
+        record = AuditRecord(
+            _now(),
+            remote_addr,
+            method,
+            path,
+            result,
+            reason=reason,
+            message=error.message if error is not None else None,
+            username=identity.username if identity is not None else None,
+            auth_method=identity.method if identity is not None else None,
+            cache=cache,
+            review_latency_ms=latency,
+        )
         fields = asdict(record)
         audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
 

@@ -7,10 +7,13 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
 
+from flask_bindcar import AuthConfig
+from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.testing import FakeCluster
 
 
@@ -21,6 +24,20 @@ def api_client_for(kubeconfig: Path, *, retries: bool = True) -> client.ApiClien
     if not retries:
         cfg.retries = False
     return client.ApiClient(cfg)
+
+
+MakeAuth = Callable[..., Authenticator]
+
+
+@pytest.fixture
+def make_auth(fake_kubeconfig: Path) -> MakeAuth:
+    """``make_auth(**overrides)``: an `Authenticator` in TokenReview mode against ``fake_cluster``."""
+
+    def make(**overrides: Any) -> Authenticator:
+        settings: dict[str, Any] = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), **overrides}
+        return Authenticator(AuthConfig.load(settings, environ={}))
+
+    return make
 
 
 @pytest.fixture

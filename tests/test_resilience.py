@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,8 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import RateLimited
 from flask_bindcar.ratelimit import FailureLimiter, Limit, parse_limit
 from flask_bindcar.testing import DEFAULT_CALLER, FakeCluster
+from tests.conftest import MakeAuth
 from tests.gunicorn_server import TARGETS
-
-MakeAuth = Callable[..., Authenticator]
-
-
-@pytest.fixture
-def make_auth(fake_kubeconfig: Path) -> MakeAuth:
-    def make(**overrides: Any) -> Authenticator:
-        settings: dict[str, Any] = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), **overrides}
-        return Authenticator(AuthConfig.load(settings, environ={}))
-
-    return make
 
 
 def audit_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:

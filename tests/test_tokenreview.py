@@ -15,17 +15,7 @@ from flask_bindcar import AuthConfig, AuthError, Identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.cache import token_expiry
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, FakeCluster
-
-MakeAuth = Callable[..., Authenticator]
-
-
-@pytest.fixture
-def make_auth(fake_kubeconfig: Path) -> MakeAuth:
-    def make(**overrides: Any) -> Authenticator:
-        settings: dict[str, Any] = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), **overrides}
-        return Authenticator(AuthConfig.load(settings, environ={}))
-
-    return make
+from tests.conftest import MakeAuth
 
 
 def failure(auth: Authenticator, token: str) -> str:
