@@ -260,3 +260,13 @@ def test_malformed_headers_on_the_wire(server: Any, fake_cluster: FakeCluster) -
         status, body = raw_request(url, [(b"Authorization", b"Bearer " + token)])
         assert (status, json.loads(body)["caller"]) == (200, "system:serviceaccount:dns-system:external-dns")
     assert fake_cluster.reviews_served == 1
+
+
+def test_preloaded_app_with_several_workers(serve: Serve, fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    """``gunicorn --preload``: the app is built before the fork; each worker builds its own client."""
+    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(fake_kubeconfig), "BIND_TOKEN_CACHE_TTL": "0"}
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    with serve(TARGETS["flask"], env, workers=2, preload=True) as url:
+        for _ in range(20):
+            assert_ok(call(url, token), "system:serviceaccount:dns-system:external-dns")
+    assert fake_cluster.reviews_served == 20
