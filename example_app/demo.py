@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"# flask-bindcar demo: example_app at {url}, TokenReview mode against a FakeCluster at {cluster.url}"
             )
             print("# Profile (the seed's Staging): " + " ".join(f"{k}={v}" for k, v in STAGING.items()))
-            print(f"# Server log: {args.workdir / 'gunicorn.log'}. Ctrl-C to stop.\n")
+            print(f"# Server log: {args.workdir / 'gunicorn.log'} (removed on exit). Ctrl-C to stop.\n")
             for title, steps in script(cluster, url):
                 print(f"### {title}\n")
                 for step in steps:
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
+            shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
 
 

@@ -116,6 +116,7 @@ def test_demo_commands_give_their_printed_outcomes(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+    assert not (tmp_path / "demo").exists()  # it cleans up after itself
 
 
 def test_metrics_endpoint_is_exempt_and_counts_decisions(client: FlaskClient) -> None:
