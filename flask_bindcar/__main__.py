@@ -24,8 +24,11 @@ def run_doctor(config: AuthConfig, as_json: bool) -> int:
 
 
 def read_token(token_file: Path | None) -> str:
-    text = token_file.read_text() if token_file is not None else sys.stdin.read()
-    return text.strip()
+    if token_file is not None:
+        return token_file.read_text().strip()
+    if sys.stdin.isatty():
+        print("Paste the token, then press Ctrl-D (it is not echoed back).", file=sys.stderr)
+    return sys.stdin.read().strip()
 
 
 def run_review(config: AuthConfig, token: str, as_json: bool) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import click
-from flask import Flask, current_app, g, request
+from flask import Flask, Request, current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.local import LocalProxy
 
@@ -97,21 +97,17 @@ class _Guard:
                 exempt = self._exempt_endpoints[endpoint] = bool(getattr(view, EXEMPT_ATTR, False))
             if exempt:
                 return
-        identity = self.auth.authenticate(
-            req.environ.get("HTTP_AUTHORIZATION"), remote_addr=req.remote_addr, method=req.method, path=req.path
-        )
-        setattr(g, _G_IDENTITY, identity)
+        _authenticate(self.auth, req)
 
 
-def _request_info() -> dict[str, Any]:
-    return {"remote_addr": request.remote_addr, "method": request.method, "path": request.path}
+def _request_info(req: Request) -> dict[str, Any]:
+    return {"remote_addr": req.remote_addr, "method": req.method, "path": req.path}
 
 
-def _authenticate(auth: Authenticator) -> Identity:
-    identity: Identity | None = g.get(_G_IDENTITY)
-    if identity is None:
-        identity = auth.authenticate(request.environ.get("HTTP_AUTHORIZATION"), **_request_info())
-        setattr(g, _G_IDENTITY, identity)
+def _authenticate(auth: Authenticator, req: Request) -> Identity:
+    """Authenticate the request and keep the caller for `current_identity`."""
+    identity = auth.authenticate(req.environ.get("HTTP_AUTHORIZATION"), **_request_info(req))
+    setattr(g, _G_IDENTITY, identity)
     return identity
 
 
@@ -156,11 +152,12 @@ def auth_required(
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.method not in EXEMPT_METHODS:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if req.method not in EXEMPT_METHODS:
             auth = _extension().authenticator()
-            identity = _authenticate(auth)
+            identity = g.get(_G_IDENTITY) or _authenticate(auth, req)
             if allowed_ns is not None or allowed_sa is not None:
-                auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info())
+                auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info(req))
         return current_app.ensure_sync(view)(*args, **kwargs)
 
     return wrapper

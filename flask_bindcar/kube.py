@@ -124,12 +124,12 @@ def build_api_client(config: AuthConfig) -> tuple[ApiClient, str]:
             source = f"KUBE_API_SERVER {cfg.host}"
         else:
             path, explicit = kubeconfig_path(config)
-            paths = [os.path.expanduser(p) for p in path.split(os.pathsep) if p]
-            if explicit or any(os.path.isfile(p) for p in paths):
-                if not any(os.path.isfile(p) for p in paths):
+            existing = [p for p in (os.path.expanduser(p) for p in path.split(os.pathsep) if p) if os.path.isfile(p)]
+            if explicit or existing:
+                if not existing:
                     raise ClientBuildError(f"kubeconfig {path} does not exist")
                 load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=os.pathsep.join(paths), client_configuration=cfg, persist_config=False
+                    config_file=os.pathsep.join(existing), client_configuration=cfg, persist_config=False
                 )
                 source = f"kubeconfig {path}"
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
