@@ -106,7 +106,9 @@ def _request_info(req: Request) -> dict[str, Any]:
 
 def _authenticate(auth: Authenticator, req: Request) -> Identity:
     """Authenticate the request and keep the caller for `current_identity`."""
-    identity = auth.authenticate(req.environ.get("HTTP_AUTHORIZATION"), **_request_info(req))
+    identity = auth.authenticate(
+        req.environ.get("HTTP_AUTHORIZATION"), remote_addr=req.remote_addr, method=req.method, path=req.path
+    )
     setattr(g, _G_IDENTITY, identity)
     return identity
 
