@@ -90,14 +90,16 @@ cache:
 
 {_table([("", "requests/s"), *[(name, str(rps)) for name, rps in gun["requests_per_second"].items()]])}
 
-Ratio: **{gun["ratio"]:.2f}**. Over HTTP the authentication's share of a request is small.
+Ratio: **{gun["ratio"]:.2f}**. Of the five, this figure moves most from run to run: the load
+generator shares the machine's two cores with the server.
 
 ## Tuning
 
 * `BIND_TOKEN_CACHE_TTL` (10 s) bounds how long a revoked token keeps working; the API server's
   own authentication cache uses the same 10 s by default. The lifetime never exceeds the token's
   `exp`.
-* `BIND_TOKEN_CACHE_SIZE` (10,000) bounds memory: about 1 KiB per entry.
+* `BIND_TOKEN_CACHE_SIZE` (10,000) bounds memory: a few hundred bytes to about 1 KiB per entry,
+  depending on how much user information the API server returns.
 * `BIND_TOKEN_CACHE_STALE_TTL` (off) keeps serving callers whose token was reviewed successfully
   within that many seconds while the API server is down.
 * `BIND_AUTH_FAILURE_LIMIT` (off; `20/minute` is a good start for a public-facing API) and
