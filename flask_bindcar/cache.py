@@ -72,14 +72,14 @@ class HmacSha256:
         return outer.digest()
 
 
-def _frame(part: str) -> bytes:
-    data = part.encode()
-    return len(data).to_bytes(4, "big") + data
+def _length(data: bytes) -> bytes:
+    """The 4-byte length prefix that frames each part of a cache key."""
+    return len(data).to_bytes(4, "big")
 
 
 @functools.lru_cache(maxsize=64)
 def _frames(parts: tuple[str, ...]) -> bytes:
-    return b"".join(_frame(p) for p in parts)
+    return b"".join(_length(data) + data for data in (p.encode() for p in parts))
 
 
 class _Entry:
@@ -121,11 +121,7 @@ class ReviewCache:
     def key(self, token: str, audiences: Sequence[str]) -> bytes:
         """HMAC over the token and the audiences, each length-prefixed so no two inputs collide."""
         data = token.encode()
-        return self._mac.digest(len(data).to_bytes(4, "big"), data, _frames(tuple(audiences)))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        return self._mac.digest(_length(data), data, _frames(tuple(audiences)))
 
     def get_or_review(self, token: str, audiences: Sequence[str], review: Review) -> tuple[ReviewOutcome, CacheResult]:
         """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now.
