@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask_bindcar.config import B64TOKEN
 from flask_bindcar.errors import EMPTY_TOKEN, INVALID_FORMAT, MISSING_HEADER, AuthError
 
@@ -40,3 +43,17 @@ def check_token_format(token: str) -> None:
     """`AuthError` unless ``token`` is one RFC 6750 ``b64token``."""
     if not B64TOKEN.fullmatch(token):
         raise AuthError(INVALID_FORMAT, challenge="invalid_request", reason="invalid_format")
+
+
+def is_cors_preflight(environ: Mapping[str, Any]) -> bool:
+    """Whether the WSGI request is a CORS preflight, the one request that passes without credentials.
+
+    A preflight is ``OPTIONS`` with both ``Origin`` and ``Access-Control-Request-Method`` (the Fetch
+    standard); browsers never attach credentials to it. Any other ``OPTIONS`` is authenticated like
+    every other method.
+    """
+    return (
+        environ.get("REQUEST_METHOD") == "OPTIONS"
+        and "HTTP_ORIGIN" in environ
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+    )

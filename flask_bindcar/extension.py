@@ -9,19 +9,18 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import click
-from flask import Flask, Request, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.local import LocalProxy
 
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
+from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.identity import Identity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXEMPT_ATTR = "_bindcar_exempt"
-EXEMPT_METHODS = frozenset({"OPTIONS"})
-"""CORS preflights carry no credentials; Flask answers them itself."""
 
 _G_IDENTITY = "_bindcar_identity"
 
@@ -41,7 +40,8 @@ class BindcarAuth:
     ``BindcarAuth(app, **overrides)`` or ``BindcarAuth(**overrides).init_app(app)``. Keywords are
     the `AuthConfig` field names and take precedence over ``app.config`` and the environment.
     Unless ``BINDCAR_PROTECT_ALL`` is False, every view is protected but those marked
-    `auth_exempt`, the exempt paths and ``OPTIONS`` requests.
+    `auth_exempt` and the exempt paths. A CORS preflight to a protected view gets Flask's default
+    ``OPTIONS`` answer without running the view; any other ``OPTIONS`` is authenticated.
     """
 
     def __init__(self, app: Flask | None = None, **overrides: Any):
@@ -85,10 +85,10 @@ class _Guard:
         self.exempt_paths = auth.config.exempt_paths
         self._exempt_endpoints: dict[str, bool] = {}
 
-    def __call__(self) -> None:
+    def __call__(self) -> Response | None:
         req = request._get_current_object()  # type: ignore[attr-defined]
-        if req.method in EXEMPT_METHODS or req.path in self.exempt_paths:
-            return
+        if req.path in self.exempt_paths:
+            return None
         endpoint = req.endpoint
         if endpoint is not None:
             exempt = self._exempt_endpoints.get(endpoint)
@@ -96,8 +96,11 @@ class _Guard:
                 view = self.app.view_functions.get(endpoint)
                 exempt = self._exempt_endpoints[endpoint] = bool(getattr(view, EXEMPT_ATTR, False))
             if exempt:
-                return
+                return None
+            if is_cors_preflight(req.environ):
+                return self.app.make_default_options_response()
         _authenticate(self.auth, req)
+        return None
 
 
 def _request_info(req: Request) -> dict[str, Any]:
@@ -155,11 +158,12 @@ def auth_required(
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         req = request._get_current_object()  # type: ignore[attr-defined]
-        if req.method not in EXEMPT_METHODS:
-            auth = _extension().authenticator()
-            identity = g.get(_G_IDENTITY) or _authenticate(auth, req)
-            if allowed_ns is not None or allowed_sa is not None:
-                auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info(req))
+        if is_cors_preflight(req.environ):  # the view runs only for an authenticated caller
+            return current_app.make_default_options_response()
+        auth = _extension().authenticator()
+        identity = g.get(_G_IDENTITY) or _authenticate(auth, req)
+        if allowed_ns is not None or allowed_sa is not None:
+            auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info(req))
         return current_app.ensure_sync(view)(*args, **kwargs)
 
     return wrapper

@@ -14,20 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig
+from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.errors import BindcarError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 ENVIRON_KEY = "bindcar.identity"
-EXEMPT_METHODS = frozenset({"OPTIONS"})
 
 
 class BindcarMiddleware:
     """Authenticate every request before it reaches ``app``.
 
     Keywords are the `AuthConfig` field names and take precedence over the environment. Requests
-    to the exempt paths (``BIND_AUTH_EXEMPT_PATHS``) and ``OPTIONS`` requests pass unauthenticated.
+    to the exempt paths (``BIND_AUTH_EXEMPT_PATHS``) and CORS preflights (`is_cors_preflight`) pass
+    unauthenticated, without ``bindcar.identity``; every other request, ``OPTIONS`` included, is
+    authenticated.
     """
 
     def __init__(self, app: WSGIApplication, **overrides: Any):
@@ -36,7 +38,7 @@ class BindcarMiddleware:
         self.authenticator = Authenticator(self.config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") in EXEMPT_METHODS or environ.get("PATH_INFO", "") in self.config.exempt_paths:
+        if environ.get("PATH_INFO", "") in self.config.exempt_paths or is_cors_preflight(environ):
             return self.app(environ, start_response)
         try:
             environ[ENVIRON_KEY] = self.authenticator.authenticate(

@@ -86,11 +86,80 @@ def test_shared_secret() -> None:
     assert client.get("/api/v1/zones", headers=bearer("s3cret")).get_json()["method"] == "shared-secret"
 
 
-def test_exempt_views_paths_and_preflights() -> None:
+PREFLIGHT = {"Origin": "https://ui.example", "Access-Control-Request-Method": "DELETE"}
+
+
+def test_exempt_views_and_paths() -> None:
     client = make_app(exempt_paths="/api/v1/zones").test_client()
     assert client.get("/api/v1/health").get_json() == {"status": "ok", "authenticated": False}
     assert client.get("/api/v1/zones").get_json() == {"method": None}
-    assert make_app().test_client().options("/api/v1/zones").status_code == 200
+
+
+def test_options_is_authenticated_like_any_method() -> None:
+    client = make_app().test_client()
+    assert_401(client.options("/api/v1/zones"), "Missing Authorization header", WWW_NONE)
+    # Half a preflight is not a preflight.
+    assert_401(
+        client.options("/api/v1/zones", headers={"Origin": "https://ui.example"}),
+        "Missing Authorization header",
+        WWW_NONE,
+    )
+    assert_401(
+        client.options("/api/v1/zones", headers={"Access-Control-Request-Method": "GET"}),
+        "Missing Authorization header",
+        WWW_NONE,
+    )
+    response = client.options("/api/v1/zones", headers=bearer("t"))
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_cors_preflight_passes_without_credentials() -> None:
+    response = make_app().test_client().options("/api/v1/zones/example.com", headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) == {"DELETE", "OPTIONS"}
+
+
+def options_view_app(**config: Any) -> Flask:
+    """A view that lists OPTIONS itself, under ``@auth_required`` with an allowlist."""
+    app = Flask(__name__)
+    app.config.update(config)
+
+    @app.route("/api/v1/secrets", methods=["GET", "OPTIONS"])
+    @auth_required(service_accounts=["system:serviceaccount:dns-system:external-dns"])
+    def secrets() -> Any:
+        return jsonify(secret="zone-transfer-key", by=current_identity.username if current_identity else None)
+
+    BindcarAuth(app, mode="tokenreview", kubeconfig=config.get("kubeconfig"))
+    return app
+
+
+@pytest.mark.parametrize("protect_all", [True, False])
+def test_a_view_listing_options_does_not_run_its_body_unauthenticated(
+    fake_cluster: FakeCluster, fake_kubeconfig: Path, protect_all: bool
+) -> None:
+    client = options_view_app(BINDCAR_PROTECT_ALL=protect_all, kubeconfig=str(fake_kubeconfig)).test_client()
+    assert_401(client.options("/api/v1/secrets"), "Missing Authorization header", WWW_NONE)
+    intruder = fake_cluster.token("default", "intruder", audiences=["bindcar"])
+    assert_401(
+        client.options("/api/v1/secrets", headers=bearer(intruder)),
+        "Token validation failed: ServiceAccount not authorized: system:serviceaccount:default:intruder",
+        WWW_TOKEN,
+    )
+    allowed = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    response = client.options("/api/v1/secrets", headers=bearer(allowed))
+    assert response.get_json() == {"secret": "zone-transfer-key", "by": "system:serviceaccount:dns-system:external-dns"}
+    # A preflight is answered as Flask answers OPTIONS, without running the view.
+    preflight = client.options("/api/v1/secrets", headers=PREFLIGHT)
+    assert preflight.status_code == 200
+    assert preflight.data == b""
+    assert set(preflight.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_a_preflight_to_an_unknown_path_asks_for_credentials() -> None:
+    assert_401(
+        make_app().test_client().options("/nowhere", headers=PREFLIGHT), "Missing Authorization header", WWW_NONE
+    )
 
 
 def test_protect_all_off_leaves_only_auth_required_views_guarded() -> None:

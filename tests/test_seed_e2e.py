@@ -262,6 +262,23 @@ def test_malformed_headers_on_the_wire(server: Any, fake_cluster: FakeCluster) -
     assert fake_cluster.reviews_served == 1
 
 
+def test_options_needs_a_token_but_a_cors_preflight_does_not(server: Any, fake_cluster: FakeCluster) -> None:
+    """OPTIONS is authenticated like GET; only a CORS preflight (Origin + Access-Control-Request-Method) passes."""
+    preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"}
+    with server(BIND_AUTH_MODE="tokenreview") as url:
+        for headers in ({}, {"Origin": "https://ui.example"}, {"Access-Control-Request-Method": "GET"}):
+            assert_401(requests.options(url + ZONES, headers=headers, timeout=30), "Missing Authorization header")
+        token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+        response = requests.options(url + ZONES, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == 200
+        assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+        response = requests.options(url + ZONES, headers=preflight, timeout=30)
+        assert response.status_code == 200
+        assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+        assert response.content == b""
+    assert fake_cluster.reviews_served == 1
+
+
 def test_preloaded_app_with_several_workers(serve: Serve, fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
     """``gunicorn --preload``: the app is built before the fork; each worker builds its own client."""
     env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(fake_kubeconfig), "BIND_TOKEN_CACHE_TTL": "0"}

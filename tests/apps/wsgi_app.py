@@ -15,6 +15,9 @@ logging.basicConfig(level=logging.DEBUG)
 
 def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     identity = environ.get("bindcar.identity")
+    if environ.get("REQUEST_METHOD") == "OPTIONS":  # as Flask answers it: no body, the methods allowed
+        start_response("200 OK", [("Allow", "GET, HEAD, OPTIONS"), ("Content-Length", "0")])
+        return [b""]
     if environ.get("PATH_INFO") == "/api/v1/health":
         body = {"status": "ok"}
     else:
