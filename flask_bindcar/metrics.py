@@ -5,13 +5,19 @@ app factories and test suites never hit "Duplicated timeseries". Labels never ca
 username.
 
 The two counters bumped on every request are sharded per thread: an increment is a dictionary
-update of the calling thread's own shard, with no lock, and a scrape sums the shards. The
-histogram and the gauge, touched only when a TokenReview is sent, are prometheus-client's own.
+update of the calling thread's own shard, with no lock, and a scrape sums the shards. A shard lives
+only as long as its thread (or greenlet, under gevent, where ``threading.local`` is per greenlet):
+when it ends, its counts are folded into one total, so memory and scrape time follow the threads
+alive now, not every thread or connection ever served. The histogram and the gauge, touched only
+when a TokenReview is sent, are prometheus-client's own.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,30 +26,74 @@ _metrics: Metrics | None = None
 _unavailable = False
 
 
+class _Owner:
+    """Lives in a thread's (or greenlet's) local storage; its death says the shard is finished."""
+
+    __slots__ = ("__weakref__",)
+
+
 class ShardedCounter:
-    """A labelled counter whose increments take no lock: each thread counts in its own shard."""
+    """A labelled counter whose increments take no lock: each thread counts in its own shard.
+
+    Each shard is registered with a weak reference to an `_Owner` kept beside it in the thread's
+    local storage. When the thread or greenlet ends, its local storage goes and the weak reference's
+    callback queues the shard's key, nothing more (it may run in any thread, at any allocation, so
+    it takes no lock). Under the lock, the next new shard or scrape folds finished shards into
+    ``_retired``. Counts are never lost nor counted twice: a shard is either in ``_shards`` or
+    folded, and only the lock holder moves it.
+    """
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]):
         self.name = name
         self.documentation = documentation
         self.labelnames = labelnames
         self._local = threading.local()
-        self._shards: list[dict[tuple[str, ...], int]] = []
+        self._shards: dict[int, dict[tuple[str, ...], int]] = {}
+        self._owners: dict[int, weakref.ref[_Owner]] = {}
+        self._finished: deque[int] = deque()
+        self._retired: dict[tuple[str, ...], int] = {}
+        self._ids = itertools.count()
         self._shards_lock = threading.Lock()
 
     def inc(self, *labels: str) -> None:
         try:
             shard: dict[tuple[str, ...], int] = self._local.shard
         except AttributeError:
-            shard = self._local.shard = {}
-            with self._shards_lock:
-                self._shards.append(shard)
+            shard = self._new_shard()
         shard[labels] = shard.get(labels, 0) + 1
 
-    def values(self) -> dict[tuple[str, ...], int]:
-        totals: dict[tuple[str, ...], int] = {}
+    def _new_shard(self) -> dict[tuple[str, ...], int]:
+        shard: dict[tuple[str, ...], int] = {}
+        owner = _Owner()
+        finished = self._finished
         with self._shards_lock:
-            shards = list(self._shards)
+            self._fold_finished()
+            key = next(self._ids)
+            self._shards[key] = shard
+            self._owners[key] = weakref.ref(owner, lambda _ref: finished.append(key))
+        self._local.owner = owner
+        self._local.shard = shard
+        return shard
+
+    def _fold_finished(self) -> None:
+        """Fold the counts of finished threads into ``_retired``; the caller holds the lock."""
+        while self._finished:
+            key = self._finished.popleft()
+            self._owners.pop(key, None)
+            for labels, n in self._shards.pop(key, {}).items():
+                self._retired[labels] = self._retired.get(labels, 0) + n
+
+    def shard_count(self) -> int:
+        """Shards not yet folded: about the number of threads (or greenlets) that counted and live."""
+        with self._shards_lock:
+            self._fold_finished()
+            return len(self._shards)
+
+    def values(self) -> dict[tuple[str, ...], int]:
+        with self._shards_lock:
+            self._fold_finished()
+            totals = dict(self._retired)
+            shards = list(self._shards.values())
         for shard in shards:
             for labels, n in list(shard.items()):
                 totals[labels] = totals.get(labels, 0) + n
