@@ -73,6 +73,7 @@ class Authenticator:
         self.reviewer: KubeTokenReviewer | None = None
         self.cache: ReviewCache | None = None
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
+        self._generic = config.error_detail == "generic"
         self.metrics = get_metrics()
         self._cache_labels = {r: ("hit" if r == "shared" else r,) for r in get_args(CacheResult)}
         self._slots = threading.BoundedSemaphore(config.review_max_inflight)
@@ -111,9 +112,11 @@ class Authenticator:
                     raise RateLimited(retry_after)
             identity, cache, latency = self._chain(header)
         except AuthError as e:
-            if self.limiter is not None:
+            if self.limiter is not None and e.credential_failure:
                 self.limiter.record_failure(remote_addr)
             self._denied(e, remote_addr, method, path)
+            if self._generic:
+                raise e.generic() from None
             raise
         except RateLimited as e:
             self._denied(e, remote_addr, method, path)
@@ -144,6 +147,8 @@ class Authenticator:
             authorize(identity, namespaces, service_accounts)
         except AuthError as e:
             self._denied(e, remote_addr, method, path, identity)
+            if self._generic:
+                raise e.generic() from None
             raise
 
     def _chain(self, header: str | None) -> tuple[Identity, CacheResult | None, float | None]:

@@ -7,12 +7,14 @@ the variable, the value and what is accepted.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from flask_bindcar.errors import ConfigError
 from flask_bindcar.identity import split_service_account
@@ -21,6 +23,7 @@ from flask_bindcar.ratelimit import Limit, parse_limit
 logger = logging.getLogger("flask_bindcar")
 
 Mode = Literal["basic", "tokenreview"]
+ErrorDetail = Literal["full", "generic"]
 Source = Literal["keyword", "app.config", "environment", "default"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -30,6 +33,32 @@ B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 INSTALL_HINT = "pip install 'flask-bindcar[k8s-token-review]'"
 KUBE_TRIO = ("KUBE_API_SERVER", "KUBE_TOKEN_PATH", "KUBE_CA_CERT_PATH")
+
+MAX_TIMEOUT = 60.0
+"""Seconds. A TokenReview holds a worker thread; longer than gunicorn's default 30 s worker timeout
+already gets the worker killed, and past a minute a caller has long given up."""
+MAX_TTL = 3600.0
+"""Seconds, for every cache lifetime: a revoked token or a deleted ServiceAccount is accepted at most
+this long after the fact (a projected token lives an hour by default)."""
+DEFAULT_MAX_INFLIGHT = 4
+"""TokenReviews in flight per process. Below the thread count of any threaded server worth the name
+(the example runs 8), so a hanging API server never takes every thread: cache hits and health probes
+still find one."""
+
+# Audiences that are, or look like, the API server's own (``--api-audiences``, which defaults to the
+# issuer): kubeadm, kind and k3s defaults, and the managed clusters' issuers. Audience-agnostic
+# authenticators (static and bootstrap tokens, OIDC, webhooks) vouch for these, so they let in users
+# that are not ServiceAccounts.
+_API_SERVER_AUDIENCE = re.compile(
+    r"(^|[/.])kubernetes\.default\.svc([./:]|$)|^(https://)?(kubernetes|api|k3s|rke2)$"
+    r"|^https://oidc\.eks\.[^/]+\.amazonaws\.com/|^https://container\.googleapis\.com/"
+    r"|\.oic\.prod-aks\.azure\.com/"
+)
+
+
+def looks_like_api_server_audience(audience: str) -> bool:
+    """Whether ``audience`` is a well-known form of the Kubernetes API server's own audience."""
+    return bool(_API_SERVER_AUDIENCE.search(audience))
 
 
 def _bad(name: str, raw: Any, accepted: str) -> ConfigError:
@@ -105,22 +134,53 @@ def _api_token(name: str, raw: Any) -> str:
     return value
 
 
-def _seconds(name: str, raw: Any, *, positive: bool) -> float:
+def _seconds(name: str, raw: Any, *, positive: bool, maximum: float) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
         value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
-        raise _bad(name, raw, "a number of seconds greater than 0" if positive else "a number of seconds, 0 or more")
+    # NaN and infinities fail the range check too.
+    if not (0 < value <= maximum if positive else 0 <= value <= maximum):
+        accepted = (
+            f"a number of seconds greater than 0 and at most {maximum:g}"
+            if positive
+            else f"a number of seconds from 0 to {maximum:g}"
+        )
+        raise _bad(name, raw, accepted)
     return value
 
 
 def _ttl(name: str, raw: Any) -> float:
-    return _seconds(name, raw, positive=False)
+    return _seconds(name, raw, positive=False, maximum=MAX_TTL)
 
 
 def _timeout(name: str, raw: Any) -> float:
-    return _seconds(name, raw, positive=True)
+    return _seconds(name, raw, positive=True, maximum=MAX_TIMEOUT)
+
+
+def _error_detail(name: str, raw: Any) -> ErrorDetail:
+    value = str(raw).strip().lower()
+    if value == "full":
+        return "full"
+    if value == "generic":
+        return "generic"
+    raise _bad(name, raw, "'full' or 'generic'")
+
+
+def _https_url(name: str, value: str) -> None:
+    """`ConfigError` unless ``value`` is an ``https://`` URL with a host: tokens never travel in clear."""
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme.lower() == "https" and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _bad(
+            name,
+            value,
+            "an https:// URL such as https://10.0.0.1:6443 (the callers' tokens and our own credential would "
+            "travel in clear text)",
+        )
 
 
 def _size(name: str, raw: Any) -> int:
@@ -192,8 +252,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_size", "BINDCAR_TOKEN_CACHE_SIZE", "BIND_TOKEN_CACHE_SIZE", 10000, _size),
     Setting("cache_stale_ttl", "BINDCAR_TOKEN_CACHE_STALE_TTL", "BIND_TOKEN_CACHE_STALE_TTL", 0.0, _ttl),
     Setting("review_timeout", "BINDCAR_TOKEN_REVIEW_TIMEOUT", "BIND_TOKEN_REVIEW_TIMEOUT", 5.0, _timeout),
-    Setting("review_max_inflight", "BINDCAR_TOKEN_REVIEW_MAX_INFLIGHT", "BIND_TOKEN_REVIEW_MAX_INFLIGHT", 64, _size),
+    Setting(
+        "review_max_inflight",
+        "BINDCAR_TOKEN_REVIEW_MAX_INFLIGHT",
+        "BIND_TOKEN_REVIEW_MAX_INFLIGHT",
+        DEFAULT_MAX_INFLIGHT,
+        _size,
+    ),
     Setting("failure_limit", "BINDCAR_AUTH_FAILURE_LIMIT", "BIND_AUTH_FAILURE_LIMIT", None, parse_limit),
+    Setting("error_detail", "BINDCAR_AUTH_ERROR_DETAIL", "BIND_AUTH_ERROR_DETAIL", "full", _error_detail),
     Setting("kubeconfig", "BINDCAR_KUBECONFIG", "KUBECONFIG", None, _text),
     Setting("kube_api_server", None, "KUBE_API_SERVER", None, _text),
     Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
@@ -236,8 +303,9 @@ class AuthConfig:
     cache_size: int = 10000
     cache_stale_ttl: float = 0.0
     review_timeout: float = 5.0
-    review_max_inflight: int = 64
+    review_max_inflight: int = DEFAULT_MAX_INFLIGHT
     failure_limit: Limit | None = None
+    error_detail: ErrorDetail = "full"
     kubeconfig: str | None = None
     kube_api_server: str | None = None
     kube_token_path: str | None = None
@@ -287,12 +355,10 @@ class AuthConfig:
     def _check_combination(self) -> None:
         if self.mode != "tokenreview":
             return
-        try:
-            import kubernetes  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}"
-            ) from None
+        # Only whether it is installed: importing it here would import urllib3 and ssl in a gunicorn
+        # master with --preload, before a gevent worker patches them (RecursionError on every review).
+        if importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError(f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}")
         if self.require_allowlist and not self.has_allowlist:
             raise ConfigError(
                 f"{self.sources['require_allowlist'][1]}=true, but TokenReview mode has no allowlist: set "
@@ -306,6 +372,8 @@ class AuthConfig:
                 f"{', '.join(given)} set without {', '.join(missing)}: an explicit API server needs all of "
                 f"{', '.join(KUBE_TRIO)}, or none of them to use a kubeconfig or the in-cluster mount"
             )
+        if self.kube_api_server is not None:
+            _https_url(self.sources["kube_api_server"][1], self.kube_api_server)
 
     @property
     def has_allowlist(self) -> bool:
@@ -324,6 +392,14 @@ class AuthConfig:
                 "TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: every "
                 "ServiceAccount of the cluster is accepted"
             )
+        if self.mode == "tokenreview" and not self.has_allowlist:
+            warnings += [
+                f"BIND_TOKEN_AUDIENCES includes {audience}, which looks like the API server's own audience: "
+                "without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS, users that are not "
+                "ServiceAccounts (static tokens, bootstrap tokens, OIDC users) are accepted too"
+                for audience in self.audiences
+                if looks_like_api_server_audience(audience)
+            ]
         if self.mode == "tokenreview" and self.audiences == ("bindcar",) and self.sources["audiences"][0] == "default":
             warnings.append(
                 "BIND_TOKEN_AUDIENCES is the default 'bindcar': tokens made for any service that also uses the "

@@ -34,6 +34,8 @@ NAMESPACE_DENIED = "ServiceAccount from unauthorized namespace: {namespace}"
 NOT_SERVICE_ACCOUNT = "Not a ServiceAccount: {username}"
 SERVICE_ACCOUNT_DENIED = "ServiceAccount not authorized: {username}"
 TOO_MANY_FAILURES = "Too many failed authentication attempts"
+GENERIC_MESSAGE = "Unauthorized"
+"""The one body of every 401 with ``BIND_AUTH_ERROR_DETAIL=generic``, as bindcar's releases answer."""
 
 # Reasons (short labels for logs and metrics) of failures to get an answer from the API server.
 # Those in TRANSIENT_REASONS are outages, during which a recent review may be reused when
@@ -44,6 +46,23 @@ API_REJECTED = "api_rejected"
 API_BAD_RESPONSE = "api_bad_response"
 API_OVERLOADED = "api_overloaded"
 TRANSIENT_REASONS = frozenset({API_UNREACHABLE, API_SERVER_ERROR})
+
+# Failures caused by the client's own credential: the only ones BIND_AUTH_FAILURE_LIMIT counts.
+# Anything else (the API server down, slow or answering nonsense, the bulkhead full, the client
+# not buildable) is this service's failure, and must not lock out a client holding a valid token.
+CREDENTIAL_REASONS = frozenset(
+    {
+        "missing_header",
+        "invalid_format",
+        "empty_token",
+        "invalid_api_token",
+        "not_authenticated",
+        "audience",
+        "not_service_account",
+        "namespace",
+        "service_account",
+    }
+)
 
 Challenge = Literal["none", "invalid_request", "invalid_token"]
 
@@ -78,6 +97,21 @@ class AuthError(Unauthorized):
     def api_call_failed(cls, why: str, *, reason: str) -> AuthError:
         """``Token validation failed: TokenReview API call failed: <why>``."""
         return cls.validation_failed(API_CALL_FAILED.format(why=why), reason=reason)
+
+    @property
+    def credential_failure(self) -> bool:
+        """True when the client's own credential failed; only these count toward the failure limit."""
+        return self.reason in CREDENTIAL_REASONS
+
+    def generic(self) -> AuthError:
+        """The same failure answered as ``{"error": "Unauthorized"}`` (``BIND_AUTH_ERROR_DETAIL=generic``).
+
+        Status, ``WWW-Authenticate`` challenge and ``reason`` stay; the message, which can name
+        namespaces, ServiceAccounts or the API server's words, does not.
+        """
+        error = AuthError(GENERIC_MESSAGE, challenge=self.challenge, reason=self.reason)
+        error.cache, error.review_latency_ms = self.cache, self.review_latency_ms
+        return error
 
     @property
     def transient(self) -> bool:

@@ -21,6 +21,8 @@ def test_defaults() -> None:
     assert config.api_token is None
     assert (config.cache_ttl, config.cache_failure_ttl, config.cache_size) == (10.0, 10.0, 10000)
     assert config.review_timeout == 5.0
+    assert config.review_max_inflight == 4
+    assert config.error_detail == "full"
     assert config.protect_all is True
     assert config.exempt_paths == frozenset()
     assert config.sources["audiences"] == ("default", "BIND_TOKEN_AUDIENCES")
@@ -92,11 +94,11 @@ def test_blank_non_list_variable_counts_as_unset() -> None:
         ({"BIND_AUTH_MODE": "kerberos"}, "BIND_AUTH_MODE='kerberos' is not valid: expected 'basic' or 'tokenreview'"),
         (
             {"BIND_TOKEN_CACHE_TTL": "ten"},
-            "BIND_TOKEN_CACHE_TTL='ten' is not valid: expected a number of seconds, 0 or more",
+            "BIND_TOKEN_CACHE_TTL='ten' is not valid: expected a number of seconds from 0 to 3600",
         ),
         (
             {"BIND_TOKEN_CACHE_FAILURE_TTL": "-1"},
-            "BIND_TOKEN_CACHE_FAILURE_TTL='-1' is not valid: expected a number of seconds, 0 or more",
+            "BIND_TOKEN_CACHE_FAILURE_TTL='-1' is not valid: expected a number of seconds from 0 to 3600",
         ),
         (
             {"BIND_TOKEN_REVIEW_TIMEOUT": "0"},
