@@ -17,8 +17,8 @@ from flask_bindcar.doctor import doctor, review
 from flask_bindcar.errors import ConfigError
 
 
-def run_doctor(config: AuthConfig, as_json: bool) -> int:
-    report = doctor(config)
+def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None) -> int:
+    report = doctor(config, threads=threads)
     print(report.json() if as_json else report.text())
     return 0 if report.ok else 1
 
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     doctor_cmd = commands.add_parser("doctor", help="check the configuration and the cluster end to end")
     doctor_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
+    doctor_cmd.add_argument(
+        "--threads",
+        type=int,
+        help="the server's threads per worker (gunicorn --threads), to check the TokenReview bulkhead against; "
+        "default: read from GUNICORN_CMD_ARGS",
+    )
     review_cmd = commands.add_parser("review", help="explain what happens to a token (read from stdin)")
     review_cmd.add_argument("--token-file", type=Path, help="read the token from this file instead of stdin")
     review_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"✘ configuration: {e}", file=sys.stderr)
         return 1
     if args.command == "doctor":
-        return run_doctor(config, args.json)
+        return run_doctor(config, args.json, args.threads)
     return run_review(config, read_token(args.token_file), args.json)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -121,16 +123,63 @@ def configuration_check(config: AuthConfig) -> Check:
     return Check("configuration", "pass", f"{config.mode} mode", lines=lines)
 
 
-def doctor(config: AuthConfig) -> Report:
-    """Check ``config`` end to end: posture, client, API server, permission, a probe review."""
+def doctor(config: AuthConfig, *, threads: int | None = None, environ: Mapping[str, str] | None = None) -> Report:
+    """Check ``config`` end to end: posture, bulkhead, client, API server, permission, a probe review.
+
+    ``threads`` is the server's thread count per worker; without it, it is read from gunicorn's
+    ``GUNICORN_CMD_ARGS`` in ``environ`` (default ``os.environ``) when that sets ``--threads``.
+    """
     checks = [configuration_check(config)]
     warnings = config.posture_warnings()
     checks += [Check("posture", "warn", w) for w in warnings] or [Check("posture", "pass", "no warnings")]
     if config.mode != "tokenreview":
         checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
         return Report("flask-bindcar doctor", checks)
+    checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
     checks += _kubernetes_checks(config)
     return Report("flask-bindcar doctor", checks)
+
+
+def gunicorn_threads(environ: Mapping[str, str]) -> int | None:
+    """``--threads`` from ``GUNICORN_CMD_ARGS``, the one place gunicorn's settings show outside it.
+
+    None when it is not there, or when the worker class is not threaded (gevent and eventlet
+    serve greenlets, not threads).
+    """
+    try:
+        args = shlex.split(environ.get("GUNICORN_CMD_ARGS", ""))
+    except ValueError:
+        return None
+    threads = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if name in ("-k", "--worker-class") and any(g in value for g in ("gevent", "eventlet")):
+            return None
+        if name == "--threads" and value.isdigit():
+            threads = int(value)
+    return threads
+
+
+def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str, str]) -> Check:
+    """The TokenReview bulkhead must stay below the server's threads, or probes can starve."""
+    name = config.sources["review_max_inflight"][1]
+    limit = config.review_max_inflight
+    if threads is None:
+        threads = gunicorn_threads(environ)
+    if threads is None:
+        return Check(
+            "bulkhead", "skip", "gunicorn's thread count is unknown here (pass --threads, or set GUNICORN_CMD_ARGS)"
+        )
+    if limit < threads:
+        return Check("bulkhead", "pass", f"{name}={limit} is below gunicorn's {threads} threads")
+    return Check(
+        "bulkhead",
+        "warn",
+        f"{name}={limit} is not below gunicorn's {threads} threads: with the API server hanging, every thread "
+        f"can wait on a TokenReview and health probes find none free; set it to {max(1, threads // 2)}",
+    )
 
 
 def _kubernetes_checks(config: AuthConfig) -> list[Check]:

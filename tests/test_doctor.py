@@ -54,7 +54,12 @@ def assert_json_matches_text(env: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_doctor_all_good(fake_kubeconfig: Path) -> None:
-    env = tokenreview_env(fake_kubeconfig, BIND_ALLOWED_NAMESPACES="dns-system", BIND_TOKEN_AUDIENCES="bindcar,dns-api")
+    env = tokenreview_env(
+        fake_kubeconfig,
+        BIND_ALLOWED_NAMESPACES="dns-system",
+        BIND_TOKEN_AUDIENCES="bindcar,dns-api",
+        GUNICORN_CMD_ARGS="--threads 8",
+    )
     result = run(["doctor"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "all checks passed"
@@ -65,13 +70,14 @@ def test_doctor_all_good(fake_kubeconfig: Path) -> None:
     assert [(c["name"], c["status"]) for c in checks] == [
         ("configuration", "pass"),
         ("posture", "pass"),
+        ("bulkhead", "pass"),
         ("client", "pass"),
         ("api server", "pass"),
         ("permission", "pass"),
         ("token review", "pass"),
     ]
-    assert checks[3]["detail"].startswith("https://127.0.0.1:")
-    assert "answered /version (v1.31.0-fake) in " in checks[3]["detail"]
+    assert checks[4]["detail"].startswith("https://127.0.0.1:")
+    assert "answered /version (v1.31.0-fake) in " in checks[4]["detail"]
 
 
 def test_doctor_caller_without_rbac_prints_the_rbac_to_apply(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
