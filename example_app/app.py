@@ -21,6 +21,7 @@ from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from flask_bindcar import BindcarAuth, auth_exempt, auth_required, current_identity
+from flask_bindcar.errors import BindcarError
 
 ZONE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 ZONE_DELETERS = ["system:serviceaccount:dns-system:external-dns"]
@@ -76,9 +77,13 @@ def create_app(data_dir: str | Path | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def json_error(e: HTTPException) -> Any:
-        if e.code == 401:  # flask-bindcar's AuthError renders itself
+        """Every HTTP error as ``{"error": ...}``, keeping its headers (``Retry-After``, ``Allow``, ...)."""
+        if isinstance(e, BindcarError):  # flask-bindcar's 401 and 429 render themselves
             return e
-        return jsonify(error=e.description), e.code
+        response = e.get_response()
+        response.set_data(json.dumps({"error": e.description}))
+        response.content_type = "application/json"
+        return response
 
     def valid_name(name: str) -> str:
         if not ZONE_NAME.match(name):
