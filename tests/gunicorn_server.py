@@ -32,9 +32,19 @@ def base_environment() -> dict[str, str]:
 
 @contextmanager
 def gunicorn(
-    target: str, env: Mapping[str, str], log_path: Path, *, threads: int = 4, workers: int = 1, preload: bool = False
+    target: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    threads: int = 4,
+    workers: int = 1,
+    preload: bool = False,
+    worker_class: str | None = None,
 ) -> Iterator[str]:
-    """Run ``gunicorn target`` on a free loopback port; yields its base URL."""
+    """Run ``gunicorn target`` on a free loopback port; yields its base URL.
+
+    ``worker_class`` is gunicorn's ``-k`` (default: sync, or gthread with ``threads`` > 1).
+    """
     port = free_port()
     args = [
         sys.executable,
@@ -55,6 +65,8 @@ def gunicorn(
     ]
     if preload:
         args.append("--preload")
+    if worker_class is not None:
+        args += ["--worker-class", worker_class]
     args.append(target)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env={**base_environment(), **env}, stdout=log, stderr=log)
