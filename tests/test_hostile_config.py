@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,22 @@ def test_tokenreview_under_gevent_with_preload(
         ok = requests.get(url + "/api/v1/zones", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert ok.status_code == 200, ok.text
         assert ok.json()["caller"] == "system:serviceaccount:dns-system:external-dns"
+        # Greenlets sharing one review (single flight) while the API server takes its time.
+        fresh = fake_cluster.token("dns-system", "cert-manager", audiences=["bindcar"])
+        fake_cluster.latency = 0.3
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(
+                pool.map(
+                    lambda _: (
+                        requests.get(
+                            url + "/api/v1/zones", headers={"Authorization": f"Bearer {fresh}"}, timeout=30
+                        ).status_code
+                    ),
+                    range(16),
+                )
+            )
+        fake_cluster.latency = 0
+        assert statuses == [200] * 16
         bad = requests.get(url + "/api/v1/zones", headers={"Authorization": "Bearer invalid-token"}, timeout=30)
         assert bad.status_code == 401
         assert bad.json()["error"].startswith("Token validation failed: ")
