@@ -9,7 +9,7 @@ DEMO_PORT ?= 8080
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test lint pytest demo bench docs clean
+.PHONY: test lint pytest demo bench docs clean cluster-assets test-cluster
 
 $(STAMP): pyproject.toml setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -44,6 +44,17 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# The real control plane (kube-apiserver, etcd, kubectl) built from the Go modules pinned in
+# tools/kube, into an envtest-style KUBEBUILDER_ASSETS folder. Needs Go; a second run takes seconds.
+KUBE_ASSETS ?= build/kube-assets
+
+cluster-assets:
+	tools/kube/build.sh $(KUBE_ASSETS)
+
+# The tests marked `cluster`, against a RealCluster started from those binaries.
+test-cluster: $(STAMP) cluster-assets
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/pytest --cluster -m cluster
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo

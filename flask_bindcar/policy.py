@@ -19,11 +19,16 @@ from flask_bindcar.errors import (
 from flask_bindcar.identity import Identity, split_service_account
 from flask_bindcar.kube import ReviewOutcome
 
+GENERIC_REJECTION = "invalid bearer token"
+"""kube-apiserver's ``status.error`` when no authenticator knows the token: it says no more than
+the guide's ``token not authenticated``, which is what the guide's example shows for it."""
+
 
 def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> Identity:
     """The caller the API server vouched for, or the seed's `AuthError` for what it did not vouch."""
     if not outcome.authenticated:
-        raise AuthError.validation_failed(outcome.error or NOT_AUTHENTICATED, reason="not_authenticated")
+        error = outcome.error if outcome.error and outcome.error != GENERIC_REJECTION else NOT_AUTHENTICATED
+        raise AuthError.validation_failed(error, reason="not_authenticated")
     granted = tuple(a for a in outcome.audiences if a in audiences)
     if not granted:
         raise AuthError.validation_failed(AUDIENCE_INVALID, reason="audience")

@@ -91,7 +91,7 @@ def test_deleted_service_account_and_pod(cluster: FakeCluster, make_auth: MakeAu
     cluster.delete_service_account("dns-system", "gone")
     cluster.delete_pod("dns-system", "external-dns-0")
     assert failure(auth, sa_token) == (
-        "Token validation failed: [invalid bearer token, service account dns-system/gone has been deleted]"
+        'Token validation failed: [invalid bearer token, serviceaccounts "gone" not found]'
     )
     assert failure(auth, pod_token) == (
         "Token validation failed: [invalid bearer token, service account token has been invalidated]"

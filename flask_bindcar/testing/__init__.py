@@ -10,6 +10,10 @@ Flask or the ``kubernetes`` client, so any test suite can use it::
         token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
 
 With pytest the ``fake_cluster`` and ``fake_kubeconfig`` fixtures are registered automatically.
+
+`RealCluster` has the same interface over a real etcd and kube-apiserver (``make cluster-assets``
+builds them); its session-scoped ``real_cluster`` fixture runs tests marked ``cluster`` under
+``pytest --cluster``.
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from flask_bindcar.testing.cluster import (
     ServiceAccount,
     token_hash,
 )
+from flask_bindcar.testing.real import AssetsMissing, RealCluster
 
 __all__ = [
     "API_AUDIENCE",
     "DEFAULT_CALLER",
     "FAULTS",
     "ISSUER",
+    "AssetsMissing",
     "FakeCluster",
     "Fault",
     "InClusterFiles",
     "Pod",
+    "RealCluster",
     "ServiceAccount",
     "token_hash",
 ]

@@ -1,6 +1,8 @@
 """``python -m flask_bindcar.testing``: run the kube-apiserver stand-in until interrupted.
 
-Prints its URL, the kubeconfig to point a client at it, and sample tokens.
+Prints its URL, the kubeconfig to point a client at it, and sample tokens. With ``--real`` it runs
+a `RealCluster` (etcd and kube-apiserver from ``KUBEBUILDER_ASSETS``) instead, and also prints a
+cluster-admin kubeconfig for kubectl.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from pathlib import Path
 
 from flask_bindcar.testing.cluster import FakeCluster
+from flask_bindcar.testing.real import AssetsMissing, RealCluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--audience", default="bindcar", help="audience of the sample tokens (default: bindcar)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run a real etcd and kube-apiserver (RealCluster, binaries from KUBEBUILDER_ASSETS) instead",
+    )
     args = parser.parse_args(argv)
 
-    cluster = FakeCluster(port=args.port, workdir=args.dir)
+    cluster: FakeCluster | RealCluster
+    if args.real:
+        if args.port:
+            parser.error("--port is for the stand-in; --real picks free ports")
+        try:
+            cluster = RealCluster(workdir=args.dir)
+        except AssetsMissing as e:
+            print(e, file=sys.stderr)
+            return 2
+    else:
+        cluster = FakeCluster(port=args.port, workdir=args.dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with cluster:
@@ -35,16 +53,18 @@ def main(argv: list[str] | None = None) -> int:
             "dns-system/external-dns": cluster.token("dns-system", "external-dns", audiences=[args.audience]),
             "default/my-app": cluster.token("default", "my-app", audiences=[args.audience]),
         }
+        info = {"url": cluster.url, "kubeconfig": str(kubeconfig), "ca": str(cluster.ca_path), "tokens": samples}
+        if isinstance(cluster, RealCluster):
+            info["admin_kubeconfig"] = str(cluster.admin_kubeconfig)
+            info["kubectl"] = str(cluster.assets / "kubectl")
         if args.json:
-            print(
-                json.dumps(
-                    {"url": cluster.url, "kubeconfig": str(kubeconfig), "ca": str(cluster.ca_path), "tokens": samples}
-                )
-            )
+            print(json.dumps(info))
         else:
-            print(f"FakeCluster serving at {cluster.url}")
+            print(f"{type(cluster).__name__} serving at {cluster.url}")
             print(f"kubeconfig: {kubeconfig}")
             print(f"  export KUBECONFIG={kubeconfig}")
+            if isinstance(cluster, RealCluster):
+                print(f"cluster-admin for kubectl: {info['kubectl']} --kubeconfig {info['admin_kubeconfig']}")
             for who, token in samples.items():
                 print(f"token for {who} (audience {args.audience}):\n  {token}")
             print("Ctrl-C to stop.")

@@ -235,7 +235,9 @@ class FakeCluster:
         with self._lock:
             self.service_accounts.pop((namespace, name), None)
 
-    def create_pod(self, namespace: str, name: str) -> Pod:
+    def create_pod(self, namespace: str, name: str, service_account: str = "default") -> Pod:
+        """A pod running as ``service_account`` (created if missing), as `RealCluster.create_pod`."""
+        self.create_service_account(namespace, service_account)
         with self._lock:
             pod = self.pods.get((namespace, name))
             if pod is None:
@@ -304,7 +306,7 @@ class FakeCluster:
             "sub": sa.username,
         }
         if pod is not None:
-            p = self.create_pod(namespace, pod)
+            p = self.create_pod(namespace, pod, service_account=name)
             claims["kubernetes.io"]["pod"] = {"name": p.name, "uid": p.uid}
         return self._sign(claims)
 
@@ -328,7 +330,8 @@ class FakeCluster:
         """Review a token as kube-apiserver's ServiceAccount authenticator does.
 
         Returns ``(user, audiences)``; raises `ReviewError` carrying the ``status.error`` text, or
-        `LookupError` when the token is not a token of this cluster at all (no error is reported).
+        `LookupError` when the token is not a token of this cluster at all (kube-apiserver then
+        reports only ``invalid bearer token``).
         """
         requested = audiences or [API_AUDIENCE]
         with self._lock:
@@ -338,7 +341,7 @@ class FakeCluster:
             # server's own audience only.
             if API_AUDIENCE not in requested:
                 raise LookupError("audience-agnostic token, other audiences requested")
-            return {"username": static_user, "uid": "", "groups": ["system:authenticated"]}, [API_AUDIENCE]
+            return {"username": static_user, "uid": static_user, "groups": ["system:authenticated"]}, [API_AUDIENCE]
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
@@ -378,7 +381,7 @@ class FakeCluster:
             token_auds = [aud] if isinstance(aud, str) else list(aud)
             pod_ref = k8s.get("pod")
 
-        granted = [a for a in token_auds if a in requested]
+        granted = [a for a in requested if a in token_auds]
         if not granted:
             raise ReviewError(
                 "[invalid bearer token, token audiences "
@@ -387,8 +390,10 @@ class FakeCluster:
         with self._lock:
             sa = self.service_accounts.get((namespace, name))
             pod = self.pods.get((namespace, pod_ref["name"])) if pod_ref else None
-        if sa is None or sa.uid != sa_uid:
-            raise ReviewError(f"[invalid bearer token, service account {namespace}/{name} has been deleted]")
+        if sa is None:
+            raise ReviewError(f'[invalid bearer token, serviceaccounts "{name}" not found]')
+        if sa.uid != sa_uid:
+            raise ReviewError(f"[invalid bearer token, service account UID ({sa.uid}) does not match claim ({sa_uid})]")
         if pod_ref is not None and (pod is None or pod.uid != pod_ref.get("uid")):
             raise ReviewError("[invalid bearer token, service account token has been invalidated]")
 
@@ -668,8 +673,8 @@ class _Handler(BaseHTTPRequestHandler):
                 del status["audiences"]
         except ReviewError as e:
             status = {"user": {}, "error": str(e)}
-        except LookupError:
-            status = {"user": {}}
+        except LookupError:  # no authenticator knows the token: kube-apiserver's generic error
+            status = {"user": {}, "error": "invalid bearer token"}
         with cluster._lock:
             cluster.reviews_served += 1
         self._send_json(

@@ -1,0 +1,282 @@
+"""One contract, two clusters: every TokenReview scenario against FakeCluster and a real kube-apiserver.
+
+Each scenario builds its token (and the cluster state around it) through the interface both
+clusters share, POSTs a TokenReview over HTTPS, and reduces the answer to what flask-bindcar reads:
+the HTTP status, ``status.authenticated``, ``status.error``, the user (username, uid, groups, the
+keys of ``extra``) and ``status.audiences``. The expected rows are what kube-apiserver answers; the
+``real`` half (``pytest --cluster``, ``make test-cluster``) proves them, the ``fake`` half holds
+FakeCluster to them. Known differences are listed in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, ISSUER, FakeCluster, RealCluster
+
+Cluster = FakeCluster | RealCluster
+SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:{ns}", "system:authenticated"]
+CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
+POD_KEYS = [CREDENTIAL_ID, "authentication.kubernetes.io/pod-name", "authentication.kubernetes.io/pod-uid"]
+FORBIDDEN = (
+    'tokenreviews.authentication.k8s.io is forbidden: User "{user}" cannot create resource "tokenreviews" '
+    'in API group "authentication.k8s.io" at the cluster scope'
+)
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.cluster)])
+def any_cluster(request: pytest.FixtureRequest) -> Cluster:
+    if request.param == "fake":
+        return request.getfixturevalue("fake_cluster")  # type: ignore[no-any-return]
+    return request.getfixturevalue("real_cluster")  # type: ignore[no-any-return]
+
+
+@dataclass
+class Case:
+    """What one scenario sends: the token, the requested audiences, and as whom."""
+
+    token: str
+    audiences: list[str] | None = None
+    caller: str | None = None
+    names: dict[str, str] = field(default_factory=dict)
+    """Real names and uids in the answer -> the placeholders the expected rows use."""
+
+    def real(self, placeholder: str) -> str:
+        return next(name for name, p in self.names.items() if p == placeholder)
+
+
+def review(cluster: Cluster, case: Case) -> dict[str, Any]:
+    """POST the TokenReview and keep the fields flask-bindcar reads, with the names made generic."""
+    spec: dict[str, Any] = {"token": case.token}
+    if case.audiences is not None:
+        spec["audiences"] = case.audiences
+    response = requests.post(
+        cluster.url + "/apis/authentication.k8s.io/v1/tokenreviews",
+        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
+        headers={"Authorization": f"Bearer {case.caller or cluster.caller_token}"},
+        verify=str(cluster.ca_path),
+        timeout=30,
+    )
+    body = response.json()
+    if response.status_code != 201:
+        return {"code": response.status_code, "reason": body["reason"], "message": _generic(body["message"], case)}
+    status = body["status"]
+    user = status.get("user") or {}
+    seen: dict[str, Any] = {"code": 201, "authenticated": status.get("authenticated", False)}
+    if "error" in status:
+        seen["error"] = _generic(status["error"], case)
+    if user:
+        seen["user"] = {
+            "username": _generic(user.get("username", ""), case),
+            "uid": _generic(user.get("uid", ""), case),
+            "groups": [_generic(g, case) for g in user.get("groups", [])],
+            "extra": sorted(user.get("extra", {})),
+        }
+    if "audiences" in status:
+        seen["audiences"] = status["audiences"]
+    return seen
+
+
+def _generic(text: str, case: Case) -> str:
+    for real, placeholder in case.names.items():
+        text = text.replace(real, placeholder)
+    return text
+
+
+def fresh(cluster: Cluster) -> tuple[str, str, dict[str, str]]:
+    """A new namespace and account for one scenario, so scenarios never see each other's state."""
+    ns, name = f"ns-{uuid.uuid4().hex[:6]}", f"sa-{uuid.uuid4().hex[:6]}"
+    sa = cluster.create_service_account(ns, name)
+    return ns, name, {sa.uid: "<sa-uid>", ns: "<ns>", name: "<sa>"}
+
+
+def sa_case(cluster: Cluster, audiences: list[str] | None, requested: list[str] | None, **token: Any) -> Case:
+    ns, name, names = fresh(cluster)
+    return Case(cluster.token(ns, name, audiences=audiences, **token), requested, names=names)
+
+
+def _valid(c: Cluster) -> Case:
+    return sa_case(c, ["bindcar"], ["bindcar"])
+
+
+def _other_audience(c: Cluster) -> Case:
+    return sa_case(c, ["other-service"], ["bindcar"])
+
+
+def _several_audiences(c: Cluster) -> Case:
+    return sa_case(c, ["bindcar", "vault"], ["vault", "bindcar", "elsewhere"])
+
+
+def _api_audience(c: Cluster) -> Case:
+    return sa_case(c, None, None)
+
+
+def _api_token_for_bindcar(c: Cluster) -> Case:
+    return sa_case(c, None, ["bindcar"])
+
+
+def _expired(c: Cluster) -> Case:
+    return sa_case(c, ["bindcar"], ["bindcar"], expires_in=-120)
+
+
+def _not_yet_valid(c: Cluster) -> Case:
+    return sa_case(c, ["bindcar"], ["bindcar"], not_before=time.time() + 3600)
+
+
+def _forged(c: Cluster) -> Case:
+    ns, name, names = fresh(c)
+    genuine = jwt.decode(c.token(ns, name, audiences=["bindcar"]), options={"verify_signature": False})
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Case(jwt.encode(genuine, key, algorithm="RS256"), ["bindcar"], names=names)
+
+
+def _not_a_jwt(c: Cluster) -> Case:
+    return Case("invalid-token", ["bindcar"])
+
+
+def _other_issuer(c: Cluster) -> Case:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"iss": "https://issuer.invalid", "sub": "someone", "aud": ["bindcar"], "exp": now + 600, "iat": now}
+    return Case(jwt.encode(claims, key, algorithm="RS256"), ["bindcar"])
+
+
+def _deleted_service_account(c: Cluster) -> Case:
+    case = _valid(c)  # never reviewed before: kube-apiserver caches successful reviews for 10 s
+    c.delete_service_account(case.real("<ns>"), case.real("<sa>"))
+    return case
+
+
+def _recreated_service_account(c: Cluster) -> Case:
+    case = _valid(c)
+    c.delete_service_account(case.real("<ns>"), case.real("<sa>"))
+    new = c.create_service_account(case.real("<ns>"), case.real("<sa>"))
+    case.names[new.uid] = "<new-uid>"
+    return case
+
+
+def _bound_pod(c: Cluster) -> Case:
+    ns, name, names = fresh(c)
+    pod = f"pod-{uuid.uuid4().hex[:6]}"
+    case = Case(c.token(ns, name, audiences=["bindcar"], pod=pod), ["bindcar"], names=names)
+    case.names[pod] = "<pod>"
+    return case
+
+
+def _deleted_bound_pod(c: Cluster) -> Case:
+    case = _bound_pod(c)
+    c.delete_pod(case.real("<ns>"), case.real("<pod>"))
+    return case
+
+
+def _static_user(c: Cluster) -> Case:
+    return Case(c.add_caller("jane", can_review=False), None)
+
+
+def _static_user_for_bindcar(c: Cluster) -> Case:
+    return Case(c.add_caller("jane", can_review=False), ["bindcar"])
+
+
+def _caller_without_rbac(c: Cluster) -> Case:
+    ns, name, names = fresh(c)
+    caller = c.token(ns, name)  # a ServiceAccount nobody granted tokenreviews
+    return Case(_valid(c).token, ["bindcar"], caller=caller, names=names)
+
+
+def _unknown_caller(c: Cluster) -> Case:
+    return Case(_valid(c).token, ["bindcar"], caller="not-a-credential-of-this-cluster")
+
+
+def _ok(audiences: list[str], extra: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "code": 201,
+        "authenticated": True,
+        "user": {
+            "username": "system:serviceaccount:<ns>:<sa>",
+            "uid": "<sa-uid>",
+            "groups": [g.format(ns="<ns>") for g in SA_GROUPS],
+            "extra": extra or [CREDENTIAL_ID],
+        },
+        "audiences": audiences,
+    }
+
+
+def _rejected(error: str) -> dict[str, Any]:
+    return {"code": 201, "authenticated": False, "error": error}
+
+
+INVALID = "invalid bearer token"
+SCENARIOS: dict[str, tuple[Callable[[Cluster], Case], dict[str, Any]]] = {
+    "valid token": (_valid, _ok(["bindcar"])),
+    "token for another audience": (
+        _other_audience,
+        _rejected(f'[{INVALID}, token audiences ["other-service"] is invalid for the target audiences ["bindcar"]]'),
+    ),
+    "several audiences: the intersection, in the requested order": (_several_audiences, _ok(["vault", "bindcar"])),
+    "no audience requested: the API server's own": (_api_audience, _ok([API_AUDIENCE])),
+    "API-audience token where bindcar is required": (
+        _api_token_for_bindcar,
+        _rejected(f'[{INVALID}, token audiences ["{API_AUDIENCE}"] is invalid for the target audiences ["bindcar"]]'),
+    ),
+    "expired": (_expired, _rejected(f"[{INVALID}, service account token has expired]")),
+    "not yet valid": (_not_yet_valid, _rejected(f"[{INVALID}, service account token is not valid yet]")),
+    "forged signature": (_forged, _rejected(f"[{INVALID}, go-jose/go-jose: error in cryptographic primitive]")),
+    "not a JWT": (_not_a_jwt, _rejected(INVALID)),
+    "a JWT of another issuer": (_other_issuer, _rejected(INVALID)),
+    "deleted ServiceAccount": (
+        _deleted_service_account,
+        _rejected(f'[{INVALID}, serviceaccounts "<sa>" not found]'),
+    ),
+    "ServiceAccount deleted and created again": (
+        _recreated_service_account,
+        _rejected(f"[{INVALID}, service account UID (<new-uid>) does not match claim (<sa-uid>)]"),
+    ),
+    "token bound to a pod": (_bound_pod, _ok(["bindcar"], POD_KEYS)),
+    "deleted bound pod": (_deleted_bound_pod, _rejected(f"[{INVALID}, service account token has been invalidated]")),
+    "non-ServiceAccount user": (
+        _static_user,
+        {
+            "code": 201,
+            "authenticated": True,
+            "user": {"username": "jane", "uid": "jane", "groups": ["system:authenticated"], "extra": []},
+            "audiences": [API_AUDIENCE],
+        },
+    ),
+    "non-ServiceAccount user, bindcar audience": (_static_user_for_bindcar, _rejected(INVALID)),
+    "caller without RBAC": (
+        _caller_without_rbac,
+        {
+            "code": 403,
+            "reason": "Forbidden",
+            "message": FORBIDDEN.format(user="system:serviceaccount:<ns>:<sa>"),
+        },
+    ),
+    "caller the API server does not know": (
+        _unknown_caller,
+        {"code": 401, "reason": "Unauthorized", "message": "Unauthorized"},
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_tokenreview_contract(any_cluster: Cluster, scenario: str) -> None:
+    make, expected = SCENARIOS[scenario]
+    assert review(any_cluster, make(any_cluster)) == expected
+
+
+def test_default_caller_is_the_same_on_both(any_cluster: Cluster) -> None:
+    assert DEFAULT_CALLER == "system:serviceaccount:dns-system:bindcar"
+    claims = jwt.decode(any_cluster.caller_token, options={"verify_signature": False})
+    assert claims["iss"] == ISSUER
+    assert claims["sub"] == DEFAULT_CALLER
+    assert claims["aud"] == [API_AUDIENCE]
+    assert any_cluster.can_review(DEFAULT_CALLER)
