@@ -17,6 +17,7 @@ import binascii
 import functools
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -24,27 +25,35 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from flask_bindcar.errors import API_UNREACHABLE, AuthError
-from flask_bindcar.kube import ReviewOutcome
+from flask_bindcar.errors import API_BAD_RESPONSE, API_UNREACHABLE, AuthError
+from flask_bindcar.kube import ReviewOutcome, log_unexpected
 
 CacheResult = Literal["hit", "miss", "shared", "stale"]
 Review = Callable[[str, Sequence[str]], ReviewOutcome]
 
 
 def token_expiry(token: str) -> float | None:
-    """``exp`` of a JWT's payload, unverified; None when there is none to read."""
+    """``exp`` of a JWT's payload, unverified; None when there is none to read.
+
+    The payload is the caller's to write: nesting too deep to parse, an ``exp`` too large for a
+    float or not a number at all (``NaN``) all count as no ``exp``, which never lengthens a lifetime.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         return None
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         return None
-    return float(exp)
+    try:
+        seconds = float(exp)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 class HmacSha256:
@@ -119,15 +128,21 @@ class ReviewCache:
         return len(self._entries)
 
     def key(self, token: str, audiences: Sequence[str]) -> bytes:
-        """HMAC over the token and the audiences, each length-prefixed so no two inputs collide."""
-        data = token.encode()
+        """HMAC over the token and the audiences, each length-prefixed so no two inputs collide.
+
+        The key is computed before the token's format is checked (on a miss only), so any ``str``
+        must encode: ``surrogatepass`` encodes a lone surrogate too, still one-to-one.
+        """
+        data = token.encode("utf-8", "surrogatepass")
         return self._mac.digest(_length(data), data, _frames(tuple(audiences)))
 
     def get_or_review(self, token: str, audiences: Sequence[str], review: Review) -> tuple[ReviewOutcome, CacheResult]:
         """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now.
 
         Raises the review's `AuthError` (the same one to every request that shared it), or an
-        outage-class `AuthError` to a request that waited longer than ``wait_timeout``.
+        outage-class `AuthError` to a request that waited longer than ``wait_timeout``. Any other
+        exception of the review becomes a bad-response `AuthError`, shared the same way: a bug in
+        reading an answer is a 401, never a 500, and never an outcome in the cache.
         """
         key = self.key(token, audiences)
         now = time.monotonic()
@@ -150,7 +165,8 @@ class ReviewCache:
                 raise AuthError.api_call_failed(f"no answer within {self.wait_timeout:g}s", reason=API_UNREACHABLE)
             if flight.error is not None:
                 raise flight.error
-            assert flight.outcome is not None
+            if flight.outcome is None:  # the leader was stopped by a BaseException (a killed greenlet)
+                raise AuthError.api_call_failed("the review was abandoned", reason=API_UNREACHABLE)
             return flight.outcome, flight.result
 
         try:
@@ -167,6 +183,10 @@ class ReviewCache:
         except AuthError as e:
             flight.error = e
             raise
+        except Exception as e:
+            log_unexpected("a TokenReview", e)
+            flight.error = AuthError.api_call_failed(type(e).__name__, reason=API_BAD_RESPONSE)
+            raise flight.error from None
         finally:
             with self._lock:
                 self._flights.pop(key, None)

@@ -3,18 +3,33 @@
 The client is built lazily, once per process, into a `kubernetes.client.Configuration` of our
 own (never the process-wide default, never the host application's), and rebuilt when the process
 id changes, so connections opened before gunicorn forks are never shared between workers. Every
-call carries ``_request_timeout`` and makes no retries: a review ends within the configured
-timeout. Whatever goes wrong ends in an `AuthError` with the seed's message, never in another
-exception, and no message carries the token.
+call carries ``_request_timeout`` and makes no retries.
+
+The client's own timeout bounds each socket read, not the call, so a server dripping its answer
+one byte at a time could hold a review for as long as it likes. The client's connections are
+therefore ours (`_BoundedConnection`): every read of a review is given only the time left before
+its deadline, and at most `MAX_RESPONSE_BYTES` are read of an answer. A review ends within
+``BIND_TOKEN_REVIEW_TIMEOUT``, whatever the server does.
+
+Whatever goes wrong ends in an `AuthError` with the seed's message, never in another exception.
+A text the server supplied is capped and loses every piece of the token it echoes (`scrub`)
+before it is used, so no message, log line or audit record carries the token or part of it.
 """
 
 from __future__ import annotations
 
+import functools
+import http.client
+import io
 import json
 import logging
 import os
+import socket
 import threading
+import time
+import traceback
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +42,6 @@ from flask_bindcar.errors import (
     API_UNREACHABLE,
     CLIENT_FAILED,
     AuthError,
-    redact,
 )
 
 if TYPE_CHECKING:
@@ -37,7 +51,17 @@ logger = logging.getLogger("flask_bindcar")
 
 TOKEN_REVIEW_API_VERSION = "authentication.k8s.io/v1"
 DEFAULT_KUBECONFIG = "~/.kube/config"
-_MAX_WHY = 300
+
+MAX_RESPONSE_BYTES = 1 << 20
+"""The most read of one answer, status line and headers included; a TokenReview is a few KiB."""
+MAX_SERVER_TEXT = 512
+"""Characters kept of a text the server supplied for a message (an error, a Status message)."""
+MAX_IDENTITY_TEXT = 1024
+"""The longest username, uid, group or extra value accepted in ``status.user``."""
+ECHO_MIN = 16
+"""Runs of this many characters of the token, or more, are removed from what the server says."""
+REDACTED = "[REDACTED]"
+_MAX_WHY = 2 * MAX_SERVER_TEXT
 
 
 class _DropResponseBodies(logging.Filter):
@@ -65,6 +89,42 @@ class ReviewOutcome:
 
 class ClientBuildError(Exception):
     """The client could not be built; the message says why, for the operator."""
+
+
+def _echo_spans(text: str, token: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds runs of `ECHO_MIN` or more characters of ``token`` (all of a shorter token)."""
+    n = min(ECHO_MIN, len(token))
+    spans: list[tuple[int, int]] = []
+    if n == 0:
+        return spans
+    for i in range(len(text) - n + 1):
+        if text[i : i + n] in token:
+            if spans and i <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], i + n)
+            else:
+                spans.append((i, i + n))
+    return spans
+
+
+def scrub(text: str, token: str, limit: int = MAX_SERVER_TEXT) -> str:
+    """A text from the server, fit for a message: at most about ``limit`` characters, no piece of the token.
+
+    A server may echo a token whole, in part or cut short (a message it truncated itself), so
+    every run of `ECHO_MIN` or more characters that also occurs in the token becomes
+    ``[REDACTED]``. The text is cut first, so the work is bounded whatever the server sent.
+    """
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    spans = _echo_spans(text, token)
+    for start, end in reversed(spans):
+        text = text[:start] + REDACTED + text[end:]
+    return text
+
+
+def log_unexpected(where: str, e: BaseException) -> None:
+    """Log an exception nobody expected by its type and stack only: its message may quote the server."""
+    stack = "".join(traceback.format_tb(e.__traceback__)).rstrip()
+    logger.error("unexpected %s in %s\n%s", type(e).__name__, where, stack)
 
 
 def _client_failed(why: str) -> AuthError:
@@ -103,10 +163,12 @@ def build_api_client(config: AuthConfig) -> tuple[ApiClient, str]:
     Sources, first that applies: the explicit ``KUBE_*`` trio, a kubeconfig (``KUBECONFIG``,
     ``BINDCAR_KUBECONFIG`` or an existing ``~/.kube/config``), the in-cluster ServiceAccount mount.
     """
+    import yaml  # type: ignore[import-untyped]
     from kubernetes import client
     from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
     cfg = client.Configuration()
+    path = ""
     try:
         if config.kube_api_server and config.kube_token_path and config.kube_ca_cert_path:
             for name, path in (
@@ -142,42 +204,181 @@ def build_api_client(config: AuthConfig) -> tuple[ApiClient, str]:
                 )
     except ClientBuildError:
         raise
+    except yaml.YAMLError as e:
+        # Not str(e): it quotes the offending line, which may hold the service's own credential.
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ClientBuildError(f"kubeconfig {path} is not valid YAML{where}") from None
     except (ConfigException, OSError, ValueError, TypeError, KeyError) as e:
         raise ClientBuildError(f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # a kubeconfig of an unexpected shape; the message may quote it
+        raise ClientBuildError(f"{type(e).__name__} while loading the configuration") from None
     cfg.retries = False
-    return client.ApiClient(cfg), source
+    api_client = client.ApiClient(cfg)
+    _bound_connections(api_client.rest_client.pool_manager)
+    return api_client, source
 
 
-def _describe_api_exception(e: Any) -> str:
-    why = f"HTTP {e.status} {e.reason}".rstrip()
+class ResponseRefused(Exception):
+    """An answer given up before it was read whole (too large, compressed); the message says why."""
+
+
+_deadline: ContextVar[float | None] = ContextVar("bindcar_review_deadline", default=None)
+"""The `time.monotonic` by which the current review must end. A context variable, not a
+thread-local: it stays per greenlet under gevent even when this module was imported before
+gevent patched ``threading`` (``gunicorn --preload``)."""
+
+
+class _BoundedReader(io.RawIOBase):
+    """The socket as the HTTP parser reads it: no read past the deadline, no byte past the cap."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None):
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+        self._left = MAX_RESPONSE_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the TokenReview deadline passed")
+            self._sock.settimeout(left)
+        n = self._raw.readinto(memoryview(buffer)[: self._left + 1]) or 0
+        self._left -= n
+        if self._left < 0:
+            raise ResponseRefused(f"response larger than {MAX_RESPONSE_BYTES >> 20} MiB")
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _BoundedResponse(http.client.HTTPResponse):
+    """An answer read through `_BoundedReader`, and only when not compressed (a small bomb inflates)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any):
+        super().__init__(sock, *args, **kwargs)
+        unbounded, self.fp = self.fp, io.BufferedReader(_BoundedReader(sock, _deadline.get()))
+        unbounded.close()
+
+    def begin(self) -> None:
+        super().begin()
+        encoding = self.getheader("Content-Encoding")
+        if encoding and encoding.strip().lower() != "identity":
+            raise ResponseRefused(f"response is compressed (Content-Encoding: {encoding})")
+
+
+class _BoundedConnection:
+    """Mixed into the client's connection classes: bounded answers, and a TLS handshake within the deadline."""
+
+    response_class = _BoundedResponse
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        deadline = _deadline.get()
+        if deadline is not None:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        return sock
+
+
+@functools.cache
+def _bounded_pool(pool_cls: type[Any]) -> type[Any]:
+    connection = type(f"Bounded{pool_cls.ConnectionCls.__name__}", (_BoundedConnection, pool_cls.ConnectionCls), {})
+    return type(f"Bounded{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": connection})
+
+
+def _bound_connections(pool_manager: Any) -> None:
+    """Make every connection of ``pool_manager`` bounded, keeping its kind (HTTPS, proxied, SOCKS)."""
+    pool_manager.pool_classes_by_scheme = {
+        scheme: _bounded_pool(pool_cls) for scheme, pool_cls in pool_manager.pool_classes_by_scheme.items()
+    }
+
+
+def _describe_api_exception(e: Any, token: str) -> str:
+    why = f"HTTP {e.status} {scrub(str(e.reason or ''), token, limit=64)}".rstrip()
     try:
         message = json.loads(e.body or "{}").get("message")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = None
     if isinstance(message, str) and message:
-        why += f": {message}"
+        why += f": {scrub(message, token)}"
     return why
 
 
-def parse_review(data: bytes) -> ReviewOutcome:
-    """The outcome of a TokenReview response body; `AuthError` if it is not one."""
+def _bad(why: str) -> AuthError:
+    return _api_failed(why, API_BAD_RESPONSE)
+
+
+def _strings(value: Any) -> tuple[str, ...] | None:
+    """``value`` as a tuple when it is a JSON list of strings (null counts as empty), else None."""
+    if value is None:
+        return ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def _user(user: Any, token: str) -> dict[str, Any] | None:
+    """``status.user`` of an authenticated answer, checked; None when it names nobody.
+
+    Every field has the type the API promises, no text is over-long and none holds a piece of the
+    token, or the answer is refused: these values reach views, logs and the cache, so they are
+    checked here, before the outcome can be cached, rather than where they are used.
+    """
+    if not isinstance(user, dict) or user.get("username") in (None, ""):
+        return None
+    username, uid = user["username"], user.get("uid")
+    if not isinstance(username, str):
+        raise _bad("status.user.username is not a string")
+    if uid is not None and not isinstance(uid, str):
+        raise _bad("status.user.uid is not a string")
+    groups = _strings(user.get("groups"))
+    if groups is None:
+        raise _bad("status.user.groups is not a list of strings")
+    raw_extra = user.get("extra")
+    extra: dict[str, tuple[str, ...]] = {}
+    if raw_extra is not None:
+        if not isinstance(raw_extra, dict):
+            raise _bad("status.user.extra is not a map of string lists")
+        for key, values in raw_extra.items():
+            strings = _strings(values)
+            if strings is None:
+                raise _bad("status.user.extra is not a map of string lists")
+            extra[key] = strings
+    texts = [username, uid or "", *groups, *extra, *(v for vs in extra.values() for v in vs)]
+    if any(len(text) > MAX_IDENTITY_TEXT for text in texts):
+        raise _bad(f"status.user holds a text over {MAX_IDENTITY_TEXT} characters")
+    if any(_echo_spans(text, token) for text in texts):
+        raise _bad("status.user holds part of the token")
+    return {"username": username, "uid": uid or None, "groups": groups, "extra": extra}
+
+
+def parse_review(data: bytes, token: str = "") -> ReviewOutcome:
+    """The outcome of a TokenReview response body for ``token``; `AuthError` if it is not one."""
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise _bad("response is nested too deeply") from None
     except ValueError:
-        raise _api_failed("response is not JSON", API_BAD_RESPONSE) from None
+        raise _bad("response is not JSON") from None
     status = doc.get("status") if isinstance(doc, dict) else None
     if not isinstance(status, dict):
-        raise _api_failed("response is not a TokenReview with a status", API_BAD_RESPONSE)
-    user = status.get("user")
+        raise _bad("response is not a TokenReview with a status")
+    audiences = _strings(status.get("audiences"))
+    if audiences is None:
+        raise _bad("status.audiences is not a list of strings")
+    authenticated = status.get("authenticated") is True
     error = status.get("error")
-    audiences = status.get("audiences") or ()
-    if not isinstance(audiences, list | tuple) or not all(isinstance(a, str) for a in audiences):
-        raise _api_failed("status.audiences is not a list of strings", API_BAD_RESPONSE)
     return ReviewOutcome(
-        authenticated=status.get("authenticated") is True,
-        error=error if isinstance(error, str) and error else None,
-        user=user if isinstance(user, dict) and user.get("username") else None,
-        audiences=tuple(audiences),
+        authenticated=authenticated,
+        error=scrub(error, token) if isinstance(error, str) and error else None,
+        user=_user(status.get("user"), token) if authenticated else None,
+        audiences=audiences,
     )
 
 
@@ -221,25 +422,32 @@ class KubeTokenReviewer:
             "kind": "TokenReview",
             "spec": {"token": token, "audiences": list(audiences)},
         }
+        timeout = self._config.review_timeout
+        deadline = _deadline.set(time.monotonic() + timeout)
         try:
             # A plain dict body and the raw response: no model round trip, and the JSON is ours to check.
             response: Any = api.create_token_review(
                 body=body,  # type: ignore[arg-type]
-                _request_timeout=self._config.review_timeout,
+                _request_timeout=timeout,
                 _preload_content=False,
             )
             data = response.data
+        except ResponseRefused as e:
+            raise _bad(scrub(str(e), token)) from None
         except ApiException as e:
             status = e.status or 0
             reason = API_SERVER_ERROR if status >= 500 else API_UNREACHABLE if status == 0 else API_REJECTED
-            raise _api_failed(redact(_describe_api_exception(e), [token]), reason) from None
+            raise _api_failed(_describe_api_exception(e, token), reason) from None
         except urllib3.exceptions.NewConnectionError as e:  # before TimeoutError: it subclasses it
-            raise _api_failed(f"cannot connect to {api.api_client.configuration.host}: {e}", API_UNREACHABLE) from None
-        except urllib3.exceptions.TimeoutError:
-            raise _api_failed(f"no answer within {self._config.review_timeout:g}s", API_UNREACHABLE) from None
+            host = api.api_client.configuration.host
+            raise _api_failed(f"cannot connect to {host}: {scrub(str(e), token)}", API_UNREACHABLE) from None
+        except (urllib3.exceptions.TimeoutError, TimeoutError):
+            raise _api_failed(f"no answer within {timeout:g}s", API_UNREACHABLE) from None
         except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as e:
-            raise _api_failed(redact(f"{type(e).__name__}: {e}", [token]), API_UNREACHABLE) from None
+            raise _api_failed(f"{type(e).__name__}: {scrub(str(e), token)}", API_UNREACHABLE) from None
         except Exception as e:  # a client bug must still end in the documented 401, not a 500
-            logger.exception("unexpected error from the Kubernetes client")
-            raise _api_failed(type(e).__name__, API_BAD_RESPONSE) from None
-        return parse_review(data)
+            log_unexpected("the Kubernetes client", e)
+            raise _bad(type(e).__name__) from None
+        finally:
+            _deadline.reset(deadline)
+        return parse_review(data, token)
