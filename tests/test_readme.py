@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 from werkzeug.test import Client
@@ -17,11 +18,14 @@ def python_blocks() -> list[str]:
 
 
 def test_snippets_are_the_files_and_tests_that_run() -> None:
-    flask_block, wsgi_block, testing_block = python_blocks()
+    flask_block, wsgi_block, testing_block, real_block = python_blocks()
     assert flask_block == (ROOT / "example_app" / "readme_flask.py").read_text()
     assert wsgi_block == (ROOT / "example_app" / "readme_wsgi.py").read_text()
     source = Path(__file__).read_text()
     assert "\n" + testing_block.split("\n\n\n", 1)[1] in source
+    real_source = (ROOT / "tests" / "test_real_cluster.py").read_text()
+    assert real_block.startswith("from flask_bindcar.testing import RealCluster\n\n")
+    assert textwrap.indent(real_block.split("\n\n", 1)[1], "    ") in real_source  # test_readme_snippet
 
 
 def test_flask_snippet() -> None:

@@ -365,7 +365,16 @@ def test_manifests_are_admitted_and_grant_exactly_tokenreviews(real_cluster: Rea
         real_cluster.grant_token_review(DEFAULT_CALLER)
 
 
-# -- the command line ------------------------------------------------------------------------------
+# -- the command line and the README ---------------------------------------------------------------
+
+
+def test_readme_snippet(tmp_path: Path) -> None:
+    """The README's RealCluster example (tests/test_readme.py checks the text is this one)."""
+    with RealCluster() as cluster:  # ready in a few seconds
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")  # the app's own identity
+        token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])  # TokenRequest
+        auth = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(kubeconfig)}, environ={}))
+        assert auth.authenticate(f"Bearer {token}").username == "system:serviceaccount:dns-system:external-dns"
 
 
 def test_standalone_real_cluster_command(tmp_path: Path) -> None:
