@@ -144,12 +144,12 @@ def bench_warm(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str,
 
 
 @contextlib.contextmanager
-def cluster_process() -> Iterator[dict[str, Any]]:
-    """The stand-in in a process of its own, as the real API server would be: what it prints."""
+def cluster_process(real: bool = False) -> Iterator[dict[str, Any]]:
+    """The stand-in (or, ``real``, a RealCluster) in a process of its own, as the real API server
+    would be: what it prints."""
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flask_bindcar.testing", "--json", "--dir", tmp], stdout=subprocess.PIPE, text=True
-        )
+        args = [sys.executable, "-m", "flask_bindcar.testing", "--json", "--dir", tmp]
+        proc = subprocess.Popen([*args, "--real"] if real else args, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
             yield json.loads(proc.stdout.readline())
@@ -159,12 +159,27 @@ def cluster_process() -> Iterator[dict[str, Any]]:
 
 
 def bench_cold(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
-    """Every request misses the cache (TTL 0), against the stand-in running in another process."""
+    """Every request misses the cache (TTL 0), against the stand-in running in another process and,
+    when ``make cluster-assets`` has built it, against a real kube-apiserver."""
+    from flask_bindcar.testing import AssetsMissing
+    from flask_bindcar.testing.real import find_assets
+
+    results = cold_against(False, quick)
+    try:
+        find_assets()
+    except AssetsMissing as e:
+        results["real_api_server"] = {"skipped": str(e)}
+    else:
+        results["real_api_server"] = cold_against(True, quick)
+    return results
+
+
+def cold_against(real: bool, quick: bool) -> dict[str, Any]:
     from kubernetes import client, config
 
     per_round = 20 if quick else 50
     rounds = 5 if quick else 15
-    with cluster_process() as remote:
+    with cluster_process(real) as remote:
         token = remote["tokens"]["dns-system/external-dns"]
         cfg = client.Configuration()
         config.load_kube_config(config_file=remote["kubeconfig"], client_configuration=cfg, persist_config=False)
