@@ -14,6 +14,14 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
+# Binaries this script built for other pins are built again; binaries without its stamp (envtest's
+# own, say) are left alone.
+pins="$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -d' ' -f1)"
+if [ -f "$out/.pins" ] && [ "$(cat "$out/.pins")" != "$pins" ]; then
+    echo "pins changed since the last build: rebuilding"
+    rm -f "$out/etcd" "$out/kube-apiserver" "$out/kubectl"
+fi
+
 kube_version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 version_pkg=k8s.io/component-base/version
 ldflags="-s -w -X $version_pkg.gitVersion=$kube_version -X $version_pkg.gitTreeState=clean"
@@ -33,4 +41,5 @@ build() {  # build NAME PACKAGE [LDFLAGS]
 build etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
 build kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"
+echo "$pins" > "$out/.pins"
 echo "KUBEBUILDER_ASSETS=$out"
