@@ -94,7 +94,9 @@ class HostileAPI:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._cert.configure_cert(ctx)
         self._server = _Server(("127.0.0.1", 0), _Handler, ctx, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="hostile-api", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -128,6 +130,7 @@ class HostileAPI:
 
     def _send(self, conn: socket.socket, reply: Reply) -> None:
         start = len(reply.raw) if reply.drip_from is None else reply.drip_from
+        assert 0 <= start <= len(reply.raw), "drip_from is an offset into the reply"
         conn.sendall(reply.raw[:start])
         for i in range(start, len(reply.raw)):
             if self._stopping.wait(reply.interval):

@@ -199,8 +199,9 @@ def test_deeply_nested_json(api: HostileAPI, tmp_path: Path, reply: Callable[[],
 
 
 def test_single_flight_waiters_share_the_leaders_error(api: HostileAPI, tmp_path: Path) -> None:
-    nested = "[" * 100_000 + "]" * 100_000
-    api.responder = lambda token: Reply(http_reply(201, nested).raw, drip_from=-1, interval=0.5)
+    # The last byte comes 1.5 s late, so all eight requests join the leader's flight.
+    raw = http_reply(201, "[" * 100_000 + "]" * 100_000).raw
+    api.responder = lambda token: Reply(raw, drip_from=len(raw) - 1, interval=1.5)
     app = make_app(api, tmp_path)
     token = new_token()
     with ThreadPoolExecutor(8) as pool:
