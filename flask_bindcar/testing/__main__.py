@@ -26,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=None, help="where to write ca.crt and kubeconfig (default: a temporary directory)"
     )
     parser.add_argument("--audience", default="bindcar", help="audience of the sample tokens (default: bindcar)")
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="NS/NAME[:AUD,...]",
+        help="mint a token for ServiceAccount NS/NAME (created if missing) with these audiences (default: "
+        "--audience); repeatable, and replaces the two sample tokens",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument(
         "--real",
@@ -33,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         help="run a real etcd and kube-apiserver (RealCluster, binaries from KUBEBUILDER_ASSETS) instead",
     )
     args = parser.parse_args(argv)
+    wanted: list[tuple[str, str, list[str]]] = []
+    for spec in args.token:
+        who, _, auds = spec.partition(":")
+        ns, _, name = who.partition("/")
+        if not ns or not name or "/" in name:
+            parser.error(f"--token {spec!r}: expected NS/NAME[:AUD,...]")
+        wanted.append((ns, name, [a for a in auds.split(",") if a] if auds else [args.audience]))
+    if args.dir is not None:
+        args.dir = args.dir.resolve()  # the kubeconfig names the CA by absolute path
 
     cluster: FakeCluster | RealCluster
     if args.real:
@@ -49,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with cluster:
         kubeconfig = cluster.write_kubeconfig(cluster.workdir / "kubeconfig")
-        samples = {
-            "dns-system/external-dns": cluster.token("dns-system", "external-dns", audiences=[args.audience]),
-            "default/my-app": cluster.token("default", "my-app", audiences=[args.audience]),
-        }
+        if not wanted:
+            wanted = [("dns-system", "external-dns", [args.audience]), ("default", "my-app", [args.audience])]
+        minted = [(f"{ns}/{name}", auds, cluster.token(ns, name, audiences=auds)) for ns, name, auds in wanted]
+        samples = {who: token for who, _, token in minted}
         info = {"url": cluster.url, "kubeconfig": str(kubeconfig), "ca": str(cluster.ca_path), "tokens": samples}
         if isinstance(cluster, RealCluster):
             info["admin_kubeconfig"] = str(cluster.admin_kubeconfig)
@@ -65,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  export KUBECONFIG={kubeconfig}")
             if isinstance(cluster, RealCluster):
                 print(f"cluster-admin for kubectl: {info['kubectl']} --kubeconfig {info['admin_kubeconfig']}")
-            for who, token in samples.items():
-                print(f"token for {who} (audience {args.audience}):\n  {token}")
+            for who, auds, token in minted:
+                print(f"token for {who} (audience {','.join(auds)}):\n  {token}")
             print("Ctrl-C to stop.")
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):

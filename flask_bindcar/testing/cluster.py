@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import socket
 import ssl
 import struct
@@ -72,11 +73,16 @@ def _go_quote_list(items: Iterable[str]) -> str:
     return "[" + " ".join(json.dumps(i) for i in items) + "]"
 
 
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 @dataclass
 class ServiceAccount:
     namespace: str
     name: str
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created: str = field(default_factory=_now_rfc3339, compare=False)
 
     @property
     def username(self) -> str:
@@ -88,6 +94,8 @@ class Pod:
     namespace: str
     name: str
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created: str = field(default_factory=_now_rfc3339, compare=False)
+    service_account: str = "default"
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class FakeCluster:
         self._public_key = self._key.public_key()
         self._ca = trustme.CA()
         self._server_cert = self._ca.issue_cert(host, "localhost")
-        self._workdir = Path(workdir) if workdir is not None else None
+        self._workdir = Path(workdir).resolve() if workdir is not None else None
         self._tmp: Any = None
         self._server: _TLSServer | None = None
         self._thread: threading.Thread | None = None
@@ -199,6 +207,7 @@ class FakeCluster:
 
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-cluster-")
             self._workdir = Path(self._tmp.name)
+        self._workdir.mkdir(parents=True, exist_ok=True)
         return self._workdir
 
     @property
@@ -241,7 +250,7 @@ class FakeCluster:
         with self._lock:
             pod = self.pods.get((namespace, name))
             if pod is None:
-                pod = self.pods[(namespace, name)] = Pod(namespace, name)
+                pod = self.pods[(namespace, name)] = Pod(namespace, name, service_account=service_account)
             return pod
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -290,6 +299,18 @@ class FakeCluster:
         gives an already expired token; ``not_before`` a token not valid until then.
         """
         sa = self.create_service_account(namespace, name)
+        bound = self.create_pod(namespace, pod, service_account=name) if pod is not None else None
+        return self._mint(sa, audiences, expires_in, bound, not_before)
+
+    def _mint(
+        self,
+        sa: ServiceAccount,
+        audiences: Iterable[str] | None,
+        expires_in: float,
+        pod: Pod | None,
+        not_before: float | None = None,
+    ) -> str:
+        namespace, name = sa.namespace, sa.name
         now = int(time.time())
         nbf = int(not_before) if not_before is not None else now
         claims: dict[str, Any] = {
@@ -306,8 +327,7 @@ class FakeCluster:
             "sub": sa.username,
         }
         if pod is not None:
-            p = self.create_pod(namespace, pod, service_account=name)
-            claims["kubernetes.io"]["pod"] = {"name": p.name, "uid": p.uid}
+            claims["kubernetes.io"]["pod"] = {"name": pod.name, "uid": pod.uid}
         return self._sign(claims)
 
     def legacy_token(self, namespace: str, name: str) -> str:
@@ -489,6 +509,127 @@ class FakeCluster:
                 self.token_hashes_seen.append(token_hash(token))
 
 
+_CORE_ROUTE = re.compile(
+    r"/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<kind>serviceaccounts|pods)(?:/(?P<name>[^/]+)(?:/(?P<sub>token))?)?"
+)
+
+
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+_PROTOBUF_MAGIC = b"k8s\x00"
+
+
+def _proto_fields(data: bytes) -> dict[int, list[Any]]:
+    """The fields of one protobuf message: number -> values (ints for varints, bytes otherwise)."""
+    fields: dict[int, list[Any]] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value: Any = varint()
+        elif wire == 2:
+            length = varint()
+            value, i = data[i : i + length], i + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = data[i : i + size], i + size
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _proto_str(fields: dict[int, list[Any]], number: int) -> str | None:
+    values = fields.get(number)
+    return values[-1].decode() if values else None
+
+
+def _from_protobuf(raw: bytes, kind: str) -> dict[str, Any]:
+    """What this stand-in reads of a ServiceAccount, Pod or TokenRequest that kubectl sent as protobuf
+    (kube-apiserver's ``runtime.Unknown`` envelope around the object's own message)."""
+    if not raw.startswith(_PROTOBUF_MAGIC):
+        raise ValueError("not a Kubernetes protobuf envelope")
+    envelope = _proto_fields(raw[len(_PROTOBUF_MAGIC) :])
+    obj = _proto_fields(envelope.get(2, [b""])[-1])
+    meta = _proto_fields(obj.get(1, [b""])[-1])
+    result: dict[str, Any] = {"metadata": {"name": _proto_str(meta, 1)}}
+    spec = _proto_fields(obj.get(2, [b""])[-1])
+    if kind == "pods":
+        result["spec"] = {"serviceAccountName": _proto_str(spec, 8)}
+    elif kind == "token":
+        token_spec: dict[str, Any] = {"audiences": [a.decode() for a in spec.get(1, [])]}
+        if 4 in spec:
+            token_spec["expirationSeconds"] = spec[4][-1]
+        if 3 in spec:
+            ref = _proto_fields(spec[3][-1])
+            token_spec["boundObjectRef"] = {
+                "kind": _proto_str(ref, 1),
+                "apiVersion": _proto_str(ref, 2),
+                "name": _proto_str(ref, 3),
+                "uid": _proto_str(ref, 4),
+            }
+        result["spec"] = token_spec
+    return result
+
+
+def _object(obj: ServiceAccount | Pod) -> dict[str, Any]:
+    """A ServiceAccount or Pod as the Core API returns it."""
+    metadata = {
+        "name": obj.name,
+        "namespace": obj.namespace,
+        "uid": obj.uid,
+        "resourceVersion": "1",
+        "creationTimestamp": obj.created,
+    }
+    if isinstance(obj, ServiceAccount):
+        return {"kind": "ServiceAccount", "apiVersion": "v1", "metadata": metadata}
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": metadata,
+        "spec": {"serviceAccountName": obj.service_account, "containers": []},
+    }
+
+
+def _api_resources(handler: Any) -> dict[str, Any]:
+    def resource(name: str, kind: str, verbs: list[str], namespaced: bool = True, **more: Any) -> dict[str, Any]:
+        return {"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs, **more}
+
+    crud = ["create", "delete", "get", "list"]
+    return {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            resource("pods", "Pod", crud, shortNames=["po"]),
+            resource("serviceaccounts", "ServiceAccount", crud, shortNames=["sa"]),
+            resource("serviceaccounts/token", "TokenRequest", ["create"], group="authentication.k8s.io", version="v1"),
+        ],
+    }
+
+
+_DISCOVERY: dict[str, Any] = {
+    "/api": lambda h: {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{h.cluster.port}"}],
+    },
+    "/apis": lambda h: {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/api/v1": _api_resources,
+}
+
+
 def _spec_token(raw: bytes) -> str | None:
     """The token a TokenReview body carries, if it can be found at all (for counting only)."""
     try:
@@ -591,6 +732,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
+        if self._core_api("GET"):
+            return
         if self.path.split("?")[0].rstrip("/") == "/version":
             if self._apply_fault():
                 return
@@ -611,8 +754,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
 
+    def do_DELETE(self) -> None:
+        if not self._core_api("DELETE"):
+            self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
     def do_POST(self) -> None:
         route = self.path.split("?")[0]
+        if self._core_api("POST"):
+            return
         raw = self._read_body()
         if route == TOKENREVIEW_PATH:
             self._token_review(raw)
@@ -633,6 +782,149 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, _status(400, "BadRequest", f"the body of the request is not a valid {kind}"))
             return None
         return body
+
+    # -- the Core API calls that kubectl and the official client use for accounts and tokens ------
+
+    def _core_api(self, method: str) -> bool:
+        """Serve discovery, ServiceAccounts, Pods and TokenRequest. True when the request was answered.
+
+        Any caller the cluster knows may use them (no RBAC here); namespaces always exist.
+        """
+        route = self.path.split("?")[0].rstrip("/")
+        if method == "GET" and route in _DISCOVERY:
+            self._send_json(200, _DISCOVERY[route](self))
+            return True
+        match = _CORE_ROUTE.fullmatch(route)
+        if match is None:
+            return False
+        raw = self._read_body()  # DELETE carries DeleteOptions; a body left unread would end the connection
+        if self._apply_fault():
+            return True
+        if self.cluster._caller(self.headers.get("Authorization")) is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return True
+        ns, kind, name, sub = match.group("ns"), match.group("kind"), match.group("name"), match.group("sub")
+        cluster = self.cluster
+        store: dict[tuple[str, str], Any] = cluster.service_accounts if kind == "serviceaccounts" else cluster.pods
+        if name is None:
+            if method == "GET":
+                with cluster._lock:
+                    items = [_object(o) for (n, _), o in sorted(store.items()) if ns is None or n == ns]
+                list_kind = "ServiceAccountList" if kind == "serviceaccounts" else "PodList"
+                self._send_json(
+                    200, {"kind": list_kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+                )
+            elif method == "POST" and ns is not None:
+                body = self._decode_object(raw, kind)
+                new_name = (body or {}).get("metadata", {}).get("name") if isinstance(body, dict) else None
+                if not isinstance(new_name, str) or not new_name:
+                    self._send_json(400, _status(400, "BadRequest", f"{kind} must have metadata.name"))
+                    return True
+                with cluster._lock:
+                    exists = (ns, new_name) in store
+                if exists:
+                    self._send_json(
+                        409,
+                        _status(
+                            409,
+                            "AlreadyExists",
+                            f'{kind} "{new_name}" already exists',
+                            {"name": new_name, "kind": kind},
+                        ),
+                    )
+                    return True
+                if kind == "serviceaccounts":
+                    obj: Any = cluster.create_service_account(ns, new_name)
+                else:
+                    account = (body.get("spec") or {}).get("serviceAccountName") or "default"
+                    obj = cluster.create_pod(ns, new_name, service_account=str(account))
+                self._send_json(201, _object(obj))
+            else:
+                self._send_json(405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
+            return True
+        with cluster._lock:
+            found = store.get((ns or "", name))
+        if found is None:
+            self._send_json(404, _status(404, "NotFound", f'{kind} "{name}" not found', {"name": name, "kind": kind}))
+            return True
+        if sub == "token" and method == "POST" and kind == "serviceaccounts":
+            self._token_request(found, raw)
+        elif sub is None and method == "GET":
+            self._send_json(200, _object(found))
+        elif sub is None and method == "DELETE":
+            if kind == "serviceaccounts":
+                cluster.delete_service_account(found.namespace, found.name)
+            else:
+                cluster.delete_pod(found.namespace, found.name)
+            self._send_json(200, _object(found))
+        else:
+            self._send_json(405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
+        return True
+
+    def _decode_object(self, raw: bytes, kind: str) -> Any:
+        """The JSON body, or the fields this stand-in needs of a protobuf one (kubectl sends those)."""
+        try:
+            if self.headers.get("Content-Type", "").startswith(PROTOBUF):
+                return _from_protobuf(raw, kind)
+            return json.loads(raw)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return None
+
+    def _token_request(self, sa: ServiceAccount, raw: bytes) -> None:
+        """TokenRequest, with kube-apiserver's defaults and checks: 1 h, at least 10 min, a bound Pod."""
+        body = self._decode_object(raw, "token")
+        spec = body.get("spec") if isinstance(body, dict) else None
+        if not isinstance(spec, dict):
+            self._send_json(400, _status(400, "BadRequest", "the body of the request is not a valid TokenRequest"))
+            return
+        seconds = spec.get("expirationSeconds") or 3600
+        if not isinstance(seconds, int) or seconds < 600:
+            message = f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+            self._send_json(
+                422,
+                _status(
+                    422,
+                    "Invalid",
+                    f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: {message}',
+                    {
+                        "group": "authentication.k8s.io",
+                        "kind": "TokenRequest",
+                        "causes": [
+                            {"reason": "FieldValueInvalid", "message": message, "field": "spec.expirationSeconds"}
+                        ],
+                    },
+                ),
+            )
+            return
+        audiences = spec.get("audiences") or [API_AUDIENCE]
+        pod: Pod | None = None
+        ref = spec.get("boundObjectRef")
+        if isinstance(ref, dict) and ref.get("kind") == "Pod":
+            pod_name = str(ref.get("name", ""))
+            with self.cluster._lock:
+                pod = self.cluster.pods.get((sa.namespace, pod_name))
+            if pod is None or (ref.get("uid") and ref["uid"] != pod.uid):
+                self._send_json(
+                    404, _status(404, "NotFound", f'pods "{pod_name}" not found', {"name": pod_name, "kind": "pods"})
+                )
+                return
+        token = self.cluster._mint(sa, audiences, seconds, pod)
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+        self._send_json(
+            201,
+            {
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {
+                    "name": sa.name,
+                    "namespace": sa.namespace,
+                    "uid": sa.uid,
+                    "creationTimestamp": sa.created,
+                },
+                "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": ref},
+                "status": {"token": token, "expirationTimestamp": expires},
+            },
+        )
 
     def _token_review(self, raw: bytes) -> None:
         cluster = self.cluster
