@@ -26,6 +26,7 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.doctor import rbac_yaml
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, RealCluster
 from tests.gunicorn_server import ROOT, TARGETS, base_environment
+from tests.test_doctor import run
 
 pytestmark = pytest.mark.cluster
 
@@ -207,18 +208,6 @@ def test_pod_bound_token_carries_the_pod_and_dies_with_it(real_cluster: RealClus
 # -- doctor and review -----------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flask_bindcar", *args],
-        env={**base_environment(), **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-
-
 def checks(output: str) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in json.loads(output)["checks"]}
 
@@ -231,10 +220,10 @@ def test_doctor_healthy(real_kubeconfig: Path) -> None:
         "BIND_TOKEN_AUDIENCES": "bindcar,dns-api",
         "GUNICORN_CMD_ARGS": "--threads 8",
     }
-    result = run_cli(["doctor"], env)
+    result = run(["doctor"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "all checks passed"
-    found = checks(run_cli(["doctor", "--json"], env).stdout)
+    found = checks(run(["doctor", "--json"], env).stdout)
     assert "answered /version (v1.37.2) in " in found["api server"]["detail"]
     assert found["permission"]["status"] == "pass"
     assert found["token review"]["status"] == "pass"
@@ -244,7 +233,7 @@ def test_doctor_without_rbac_shows_the_yaml_that_fixes_it(real_cluster: RealClus
     ns, name = "dns-system", unique("doctor")
     kubeconfig = real_cluster.write_kubeconfig(tmp_path / "kubeconfig", real_cluster.token(ns, name))
     env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(kubeconfig), "BIND_ALLOWED_NAMESPACES": ns}
-    result = run_cli(["doctor", "--json"], env)
+    result = run(["doctor", "--json"], env)
     assert result.returncode == 1
     found = checks(result.stdout)
     assert found["permission"]["status"] == "fail"
@@ -258,7 +247,7 @@ def test_doctor_without_rbac_shows_the_yaml_that_fixes_it(real_cluster: RealClus
     real_cluster.kubectl("apply", "-f", "-", input=yaml)
     try:
         deadline = time.monotonic() + 15
-        while (result := run_cli(["doctor"], env)).returncode != 0:
+        while (result := run(["doctor"], env)).returncode != 0:
             assert time.monotonic() < deadline, result.stdout
             time.sleep(0.5)
         assert result.stdout.splitlines()[-1] == "all checks passed"
@@ -271,7 +260,7 @@ def test_doctor_with_the_api_server_stopped(tmp_path: Path) -> None:
         kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
         url = cluster.url
     env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(kubeconfig), "BIND_TOKEN_REVIEW_TIMEOUT": "2"}
-    result = run_cli(["doctor", "--json"], env)
+    result = run(["doctor", "--json"], env)
     assert result.returncode == 1
     found = checks(result.stdout)
     assert found["api server"]["status"] == "fail"
@@ -282,13 +271,13 @@ def test_doctor_with_the_api_server_stopped(tmp_path: Path) -> None:
 def test_review_of_a_good_and_a_wrong_namespace_token(real_cluster: RealCluster, real_kubeconfig: Path) -> None:
     env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(real_kubeconfig), "BIND_ALLOWED_NAMESPACES": "dns-system"}
     good = real_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
-    result = run_cli(["review"], env, stdin=good)
+    result = run(["review"], env, stdin=good)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✔ identity: system:serviceaccount:dns-system:external-dns (audiences ['bindcar'])" in result.stdout
     assert result.stdout.splitlines()[-1] == "the token is accepted"
 
     wrong = real_cluster.token("default", "test-sa", audiences=["bindcar"])
-    result = run_cli(["review", "--json"], env, stdin=wrong)
+    result = run(["review", "--json"], env, stdin=wrong)
     assert result.returncode == 1
     assert checks(result.stdout)["result"]["detail"] == (
         '401 {"error": "Token validation failed: ServiceAccount from unauthorized namespace: default"}'

@@ -108,6 +108,42 @@ class InClusterFiles:
     environ: dict[str, str]
 
 
+def write_kubeconfig_file(path: str | Path, name: str, server: str, ca_path: Path, token: str, namespace: str) -> Path:
+    """A kubeconfig (JSON, which every YAML loader reads) presenting ``token`` to ``server``; mode 0600."""
+    path = Path(path)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority": str(ca_path)}}],
+        "users": [{"name": "caller", "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": "caller", "namespace": namespace}}],
+        "current-context": name,
+        "preferences": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def write_incluster_files(
+    directory: str | Path, host: str, port: int, ca_pem: bytes, token: str, namespace: str
+) -> InClusterFiles:
+    """The files of a ServiceAccount mount, and the environment the kubelet sets beside them."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = InClusterFiles(
+        token=directory / "token",
+        ca_crt=directory / "ca.crt",
+        namespace=directory / "namespace",
+        environ={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port)},
+    )
+    files.token.write_text(token)
+    files.ca_crt.write_bytes(ca_pem)
+    files.namespace.write_text(namespace)
+    return files
+
+
 class ReviewError(Exception):
     """A token the cluster does not accept; ``str()`` is kube-apiserver's ``status.error``."""
 
@@ -450,44 +486,15 @@ class FakeCluster:
         ``caller`` is the bearer token the client presents (default: `caller_token`). The file is
         JSON, which every YAML loader reads.
         """
-        path = Path(path)
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "fake-cluster", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}
-            ],
-            "users": [{"name": "caller", "user": {"token": caller if caller is not None else self.caller_token}}],
-            "contexts": [
-                {
-                    "name": "fake-cluster",
-                    "context": {"cluster": "fake-cluster", "user": "caller", "namespace": namespace},
-                }
-            ],
-            "current-context": "fake-cluster",
-            "preferences": {},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
-        path.chmod(0o600)
-        return path
+        token = caller if caller is not None else self.caller_token
+        return write_kubeconfig_file(path, "fake-cluster", self.url, self.ca_path, token, namespace)
 
     def incluster_files(
         self, directory: str | Path, caller: str | None = None, *, namespace: str = "dns-system"
     ) -> InClusterFiles:
         """Write the files of a ServiceAccount mount (``token``, ``ca.crt``, ``namespace``)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = InClusterFiles(
-            token=directory / "token",
-            ca_crt=directory / "ca.crt",
-            namespace=directory / "namespace",
-            environ={"KUBERNETES_SERVICE_HOST": self._host, "KUBERNETES_SERVICE_PORT": str(self.port)},
-        )
-        files.token.write_text(caller if caller is not None else self.caller_token)
-        files.ca_crt.write_bytes(self.ca_pem)
-        files.namespace.write_text(namespace)
-        return files
+        token = caller if caller is not None else self.caller_token
+        return write_incluster_files(directory, self._host, self.port, self.ca_pem, token, namespace)
 
     # -- faults ------------------------------------------------------------------------------
 

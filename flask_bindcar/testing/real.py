@@ -42,6 +42,8 @@ from flask_bindcar.testing.cluster import (
     InClusterFiles,
     Pod,
     ServiceAccount,
+    write_incluster_files,
+    write_kubeconfig_file,
 )
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
@@ -538,44 +540,15 @@ class RealCluster:
 
     def write_kubeconfig(self, path: str | Path, caller: str | None = None, *, namespace: str = "default") -> Path:
         """Write a kubeconfig presenting ``caller`` (default: `caller_token`, the app's own identity)."""
-        path = Path(path)
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "real-cluster", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}
-            ],
-            "users": [{"name": "caller", "user": {"token": caller if caller is not None else self.caller_token}}],
-            "contexts": [
-                {
-                    "name": "real-cluster",
-                    "context": {"cluster": "real-cluster", "user": "caller", "namespace": namespace},
-                }
-            ],
-            "current-context": "real-cluster",
-            "preferences": {},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
-        path.chmod(0o600)
-        return path
+        token = caller if caller is not None else self.caller_token
+        return write_kubeconfig_file(path, "real-cluster", self.url, self.ca_path, token, namespace)
 
     def incluster_files(
         self, directory: str | Path, caller: str | None = None, *, namespace: str = "dns-system"
     ) -> InClusterFiles:
         """Write the files of a ServiceAccount mount (``token``, ``ca.crt``, ``namespace``)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = InClusterFiles(
-            token=directory / "token",
-            ca_crt=directory / "ca.crt",
-            namespace=directory / "namespace",
-            environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port)},
-        )
-        files.token.write_text(caller if caller is not None else self.caller_token)
-        files.ca_crt.write_bytes(self.ca_pem)
-        files.namespace.write_text(namespace)
-        return files
+        token = caller if caller is not None else self.caller_token
+        return write_incluster_files(directory, "127.0.0.1", self.port, self.ca_pem, token, namespace)
 
     def kubectl(self, *args: str, kubeconfig: Path | None = None, input: str | None = None) -> str:
         """Run the real kubectl against this cluster (as cluster-admin by default); its stdout."""
