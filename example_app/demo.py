@@ -2,8 +2,11 @@
 
 Starts `flask_bindcar.testing.FakeCluster`, serves ``example_app`` under gunicorn on
 127.0.0.1:8080 with the seed's Staging profile, and prints the seed's "Testing" section as
-ready-to-paste ``curl`` commands with live tokens, each preceded by the outcome it gives.
-Serves until Ctrl-C.
+ready-to-paste ``curl`` commands with live tokens, each preceded by the outcome it gives; each
+command prints the response body, then ``HTTP <status>`` on a line of its own. Serves until Ctrl-C.
+
+A second demo on a port that is taken, or on the work folder of a running demo, stops with a
+message and exit status 1 before it touches anything.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +29,9 @@ from flask_bindcar.testing import FakeCluster
 ROOT = Path(__file__).resolve().parent.parent
 STAGING = {"BIND_TOKEN_AUDIENCES": "bindcar", "BIND_ALLOWED_NAMESPACES": "dns-system,test-system"}
 DEMO_TOKEN_LIFETIME = 12 * 3600
+CURL = "curl -s -w '\\nHTTP %{http_code}\\n'"
+"""Prints the body, then the status on a line of its own (a 401 body has no newline of its own)."""
+PID_FILE = "demo.pid"
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class Step:
 
 
 def curl(url: str, path: str, token: str | None = None, *, method: str = "GET", data: str | None = None) -> str:
-    parts = ["curl -s"]
+    parts = [CURL]
     if method != "GET":
         parts.append(f"-X {method}")
     if token is not None:
@@ -75,7 +82,7 @@ def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
                 Step(
                     "# Not a Bearer token",
                     401,
-                    curl(url, zones).replace("curl -s", "curl -s -H 'Authorization: Token abc'"),
+                    curl(url, zones).replace(CURL, CURL + " -H 'Authorization: Token abc'"),
                     {"error": "Invalid Authorization header format. Expected: Bearer <token>"},
                 ),
             ],
@@ -201,14 +208,40 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
     raise SystemExit(f"the example app did not answer at {url} within {timeout:g}s")
 
 
+def check_port_free(port: int) -> None:
+    """Stop before anything is touched when another server (a running demo, say) holds the port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise SystemExit(
+                f"make demo: port {port} is already in use ({e.strerror}); is a demo running already? "
+                f"Stop it with Ctrl-C, or pick another port: make demo DEMO_PORT={port + 1}"
+            ) from None
+
+
+def check_workdir_free(workdir: Path) -> None:
+    """Stop when a running demo owns the work folder (its pid file names a live process)."""
+    try:
+        pid = int((workdir / PID_FILE).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return  # no demo, or a stale folder from one that was killed: reuse it
+    raise SystemExit(f"make demo: {workdir} is in use by another demo (pid {pid}); stop it first, or pass --workdir")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_app.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     args = parser.parse_args(argv)
 
+    check_port_free(args.port)
+    check_workdir_free(args.workdir)
     shutil.rmtree(args.workdir, ignore_errors=True)
     (args.workdir / "cluster").mkdir(parents=True)
+    (args.workdir / PID_FILE).write_text(str(os.getpid()))
     zone_dir = args.workdir / "zones"
     zone_dir.mkdir()
     (zone_dir / "example.com.json").write_text(json.dumps({"name": "example.com", "records": []}))

@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +86,32 @@ def parse_demo(output: str) -> list[tuple[int, dict[str, Any] | None, str]]:
     return steps
 
 
-def test_demo_commands_give_their_printed_outcomes(tmp_path: Path) -> None:
-    curl = shutil.which("curl")
-    assert curl, "the demo prints curl commands; curl must be installed to check them"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "example_app.demo", "--port", str(port), "--workdir", str(tmp_path / "demo")],
+@dataclass
+class Demo:
+    """A running ``python -m example_app.demo`` and what it printed up to "# Serving."."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    workdir: Path
+    output: str
+
+
+def start_demo(port: int, workdir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "example_app.demo", "--port", str(port), "--workdir", str(workdir)],
         cwd=ROOT,
         env=base_environment(),
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """One demo for the module; stopping it must exit 0 and remove its work folder."""
+    port, workdir = free_port(), tmp_path_factory.mktemp("demo") / "work"
+    proc = start_demo(port, workdir)
     try:
         assert proc.stdout is not None
         output = []
@@ -102,21 +119,57 @@ def test_demo_commands_give_their_printed_outcomes(tmp_path: Path) -> None:
             output.append(line)
             if line.startswith("# Serving."):
                 break
-        steps = parse_demo("".join(output))
-        assert len(steps) == 15
-        assert all(command.startswith("curl -s ") and f"127.0.0.1:{port}/" in command for _, _, command in steps)
-        for status, body, command in steps:
-            result = subprocess.run(
-                ["bash", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, check=True
-            )
-            text, _, code = result.stdout.rpartition("\n")
-            assert int(code) == status, (command[:80], text)
-            if body is not None:
-                assert json.loads(text) == body
+        yield Demo(proc, port, workdir, "".join(output))
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
-    assert not (tmp_path / "demo").exists()  # it cleans up after itself
+    assert not workdir.exists()  # it cleans up after itself
+
+
+def run_printed(command: str) -> tuple[int, str]:
+    """Run a printed command as a user pastes it: the body, then "HTTP <status>" on a line of its own."""
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True)
+    assert result.stdout.endswith("\n"), (command[:80], result.stdout)
+    body, _, status = result.stdout.rstrip("\n").rpartition("\n")
+    assert status.startswith("HTTP "), (command[:80], result.stdout)
+    return int(status.removeprefix("HTTP ")), body
+
+
+@pytest.mark.parametrize("same", ["port", "workdir"])
+def test_a_second_demo_refuses_and_leaves_the_first_alone(demo: Demo, tmp_path: Path, same: str) -> None:
+    before = sorted(p.relative_to(demo.workdir) for p in demo.workdir.rglob("*"))
+    port = demo.port if same == "port" else free_port()
+    workdir = demo.workdir if same == "workdir" else tmp_path / "second"
+    second = start_demo(port, workdir)
+    try:
+        stdout, stderr = second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:  # it went on to serve: stop it as Ctrl-C would
+            second.terminate()
+            second.wait(timeout=15)
+
+    assert second.returncode != 0
+    assert stdout == ""  # no tokens printed as if it were serving
+    if same == "port":
+        assert f"port {demo.port} is already in use" in stderr
+        assert not workdir.exists()
+    else:
+        assert f"{demo.workdir} is in use by another demo (pid {demo.proc.pid})" in stderr
+    assert sorted(p.relative_to(demo.workdir) for p in demo.workdir.rglob("*")) == before
+    status, command = next((s, c) for s, _, c in parse_demo(demo.output) if s == 200 and "Bearer" in c)
+    assert run_printed(command)[0] == status  # the first demo still serves its tokens
+
+
+def test_demo_commands_give_their_printed_outcomes(demo: Demo) -> None:
+    assert shutil.which("curl"), "the demo prints curl commands; curl must be installed to check them"
+    steps = parse_demo(demo.output)
+    assert len(steps) == 15
+    assert all(command.startswith("curl -s ") and f"127.0.0.1:{demo.port}/" in command for _, _, command in steps)
+    for status, body, command in steps:
+        code, text = run_printed(command)
+        assert code == status, (command[:80], text)
+        if body is not None:
+            assert json.loads(text) == body
 
 
 def test_metrics_endpoint_is_exempt_and_counts_decisions(client: FlaskClient) -> None:
