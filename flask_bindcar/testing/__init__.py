@@ -18,19 +18,31 @@ builds them); its session-scoped ``real_cluster`` fixture runs tests marked ``cl
 
 from __future__ import annotations
 
-from flask_bindcar.testing.cluster import (
-    API_AUDIENCE,
-    DEFAULT_CALLER,
-    FAULTS,
-    ISSUER,
-    FakeCluster,
-    Fault,
-    InClusterFiles,
-    Pod,
-    ServiceAccount,
-    token_hash,
-)
-from flask_bindcar.testing.real import AssetsMissing, RealCluster
+EXTRA_MODULES = ("jwt", "trustme", "cryptography")
+"""What the ``testing`` extra installs; without one of them the import says which extra to add."""
+
+try:
+    from flask_bindcar.testing.cluster import (
+        API_AUDIENCE,
+        DEFAULT_CALLER,
+        FAULTS,
+        ISSUER,
+        FakeCluster,
+        Fault,
+        InClusterFiles,
+        Pod,
+        ServiceAccount,
+        token_hash,
+    )
+    from flask_bindcar.testing.real import AssetsMissing, RealCluster
+except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] not in EXTRA_MODULES:
+        raise
+    raise ModuleNotFoundError(
+        f"flask_bindcar.testing needs the testing extra: pip install 'flask-bindcar[testing]' "
+        f"(no module named {e.name!r})",
+        name=e.name,
+    ) from e
 
 __all__ = [
     "API_AUDIENCE",
