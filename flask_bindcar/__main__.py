@@ -1,9 +1,10 @@
 """``python -m flask_bindcar doctor|review``: troubleshooting with the configuration from the environment.
 
 ``doctor`` checks the configuration, the Kubernetes client, the API server, the permission to
-create TokenReviews and a probe review; exit status 1 when a check fails. ``review`` reads a token
-from standard input (or ``--token-file``; never from the command line, where ``ps`` would show it)
-and prints each step of the chain and the answer a client would get.
+create TokenReviews and a probe review; exit status 1 when a check fails. ``review`` reads a token,
+or a whole ``Bearer <token>`` header value, from standard input (or ``--token-file``; never from the
+command line, where ``ps`` would show it) and prints each step of the chain and the answer a client
+would get.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.doctor import doctor, review
+from flask_bindcar.doctor import Route, doctor, review
 from flask_bindcar.errors import ConfigError
 
 
@@ -31,8 +32,8 @@ def read_token(token_file: Path | None) -> str:
     return sys.stdin.read().strip()
 
 
-def run_review(config: AuthConfig, token: str, as_json: bool) -> int:
-    report, _, error = review(config, token)
+def run_review(config: AuthConfig, token: str, as_json: bool, route: Route | None = None) -> int:
+    report, _, error = review(config, token, route)
     print(report.json() if as_json else report.text())
     return 0 if error is None else 1
 
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's threads per worker (gunicorn --threads), to check the TokenReview bulkhead against; "
         "default: read from GUNICORN_CMD_ARGS",
     )
-    review_cmd = commands.add_parser("review", help="explain what happens to a token (read from stdin)")
+    review_cmd = commands.add_parser(
+        "review", help="explain what happens to a token or a 'Bearer <token>' header value (read from stdin)"
+    )
     review_cmd.add_argument("--token-file", type=Path, help="read the token from this file instead of stdin")
     review_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)

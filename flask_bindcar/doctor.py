@@ -289,12 +289,56 @@ def _why(e: BaseException) -> str:
 # -- review ------------------------------------------------------------------------------------
 
 
-def review(config: AuthConfig, token: str) -> tuple[Report, Identity | None, AuthError | None]:
-    """Run the full chain on ``token`` step by step, as a request would meet it (no cache)."""
+@dataclass(frozen=True)
+class Route:
+    """The view a request would reach (``flask bindcar review --method --path``) and its own policy."""
+
+    method: str
+    path: str
+    endpoint: str
+    exempt: bool = False
+    """``@auth_exempt``, an exempt path, or not protected at all (``BINDCAR_PROTECT_ALL`` off, no
+    ``@auth_required``): the request needs no token."""
+    namespaces: frozenset[str] | None = None
+    service_accounts: frozenset[str] | None = None
+
+    def describe(self) -> str:
+        where = f"{self.method} {self.path} is view {self.endpoint}"
+        if self.exempt:
+            return f"{where}: exempt from authentication"
+        policy = [
+            f"{name}={sorted(value)}"
+            for name, value in (("namespaces", self.namespaces), ("service_accounts", self.service_accounts))
+            if value is not None
+        ]
+        return f"{where}: @auth_required({', '.join(policy)})" if policy else f"{where}: the app-wide policy"
+
+
+def authorization_header(text: str) -> str:
+    """The header value ``review`` was given: a bare token, ``Bearer <token>``, or the whole header line."""
+    name, colon, value = text.partition(":")
+    if colon and name.strip().lower() == "authorization":
+        return value.strip()
+    return text if any(c.isspace() for c in text) else f"Bearer {text}"
+
+
+def review(
+    config: AuthConfig, token: str, route: Route | None = None
+) -> tuple[Report, Identity | None, AuthError | None]:
+    """Run the full chain on ``token`` step by step, as a request would meet it (no cache).
+
+    ``token`` is a bare token or a whole ``Authorization`` header value. With a ``route``, the
+    view's own ``@auth_required`` allowlists apply after the app's, as they do for a request.
+    """
     checks: list[Check] = []
+    if route is not None:
+        checks.append(Check("route", "pass", route.describe()))
+        if route.exempt:
+            checks.append(Check("result", "pass", f"allowed: {route.method} {route.path} needs no token"))
+            return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, None
     step = "header"
     try:
-        bearer_token(f"Bearer {token}")
+        token = bearer_token(authorization_header(token))
         checks.append(Check(step, "pass", f"a well-formed bearer token of {len(token)} characters"))
         if config.mode == "basic":
             step = "basic mode"
@@ -324,6 +368,10 @@ def review(config: AuthConfig, token: str) -> tuple[Report, Identity | None, Aut
             step = "serviceaccount allowlist"
             authorize(identity, None, config.allowed_service_accounts)
             checks.append(_allowlist_check(step, config.allowed_service_accounts, identity.username))
+        if route is not None and (route.namespaces is not None or route.service_accounts is not None):
+            step = "view policy"
+            authorize(identity, route.namespaces, route.service_accounts)
+            checks.append(Check(step, "pass", f"{identity.username} is allowed by the view"))
     except AuthError as e:
         checks.append(Check(step, "fail", e.message))
         checks.append(Check("result", "fail", f"401 {json.dumps({'error': e.message})}"))

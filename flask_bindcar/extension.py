@@ -11,16 +11,20 @@ from typing import Any, TypeVar, overload
 import click
 from flask import Flask, Request, Response, current_app, g, request
 from flask.cli import with_appcontext
+from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
 from flask_bindcar.credentials import is_cors_preflight
+from flask_bindcar.doctor import Route
 from flask_bindcar.identity import Identity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXEMPT_ATTR = "_bindcar_exempt"
+POLICY_ATTR = "_bindcar_policy"
+"""Set on `auth_required` views: their own (namespaces, service_accounts), for ``flask bindcar review``."""
 
 _G_IDENTITY = "_bindcar_identity"
 
@@ -166,6 +170,7 @@ def auth_required(
             auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info(req))
         return current_app.ensure_sync(view)(*args, **kwargs)
 
+    setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa))
     return wrapper
 
 
@@ -189,11 +194,33 @@ def doctor_command(as_json: bool) -> None:
     raise SystemExit(run_doctor(_extension().config(), as_json))
 
 
-@cli.command("review", help="Explain what happens to a token, read from stdin or --token-file (never argv).")
+@cli.command(
+    "review",
+    help="Explain what happens to a token or a whole 'Bearer <token>' header value, read from stdin or "
+    "--token-file (never argv). With --path, as a request to that view: its own @auth_required applies.",
+)
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--method", default="GET", show_default=True, help="The request's method, with --path.")
+@click.option("--path", default=None, help="The request's path, resolved through the app's URL map.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @with_appcontext
-def review_command(token_file: Path | None, as_json: bool) -> None:
+def review_command(token_file: Path | None, method: str, path: str | None, as_json: bool) -> None:
     from flask_bindcar.__main__ import read_token, run_review
 
-    raise SystemExit(run_review(_extension().config(), read_token(token_file), as_json))
+    route = _route(method.upper(), path) if path is not None else None
+    raise SystemExit(run_review(_extension().config(), read_token(token_file), as_json, route))
+
+
+def _route(method: str, path: str) -> Route:
+    """The view ``method path`` reaches in the current app, and what protects it."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        rule, _ = app.url_map.bind("localhost").match(path, method=method, return_rule=True)
+    except HTTPException as e:
+        raise click.ClickException(f"no view answers {method} {path} ({e.code} {e.name})") from None
+    view = app.view_functions[rule.endpoint]
+    config = _extension().config()
+    policy = getattr(view, POLICY_ATTR, None)
+    exempt = path in config.exempt_paths or getattr(view, EXEMPT_ATTR, False) or (not config.protect_all and not policy)
+    namespaces, service_accounts = policy or (None, None)
+    return Route(method, path, rule.endpoint, exempt, namespaces, service_accounts)

@@ -1,0 +1,106 @@
+"""``review`` as a newcomer uses it: a whole header value piped in, and a view's own policy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from example_app.app import create_app
+from flask_bindcar.testing import FakeCluster
+from tests.gunicorn_server import ROOT, base_environment
+
+DELETERS_ONLY = "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"
+
+
+def review(args: list[str], env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**base_environment(), **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("form", ["Bearer {}", "bearer  {}\n", "Authorization: Bearer {}"])
+def test_review_accepts_a_whole_header_value(fake_cluster: FakeCluster, fake_kubeconfig: Path, form: str) -> None:
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(fake_kubeconfig)}
+    result = review(["-m", "flask_bindcar", "review"], env, form.format(token))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == f"✔ header: a well-formed bearer token of {len(token)} characters"
+    assert lines[-2:] == ["✔ result: allowed as system:serviceaccount:dns-system:external-dns", "the token is accepted"]
+    assert token not in result.stdout + result.stderr
+
+
+def test_review_of_another_scheme_says_what_a_client_would_get() -> None:
+    result = review(["-m", "flask_bindcar", "review"], {}, "Token abc")
+    assert result.returncode == 1
+    assert "✘ header: Invalid Authorization header format. Expected: Bearer <token>" in result.stdout
+
+
+def test_flask_review_applies_the_views_own_policy(
+    fake_cluster: FakeCluster, fake_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """The issue's command: the app-wide policy lets other-app in, DELETE's @auth_required does not."""
+    token = fake_cluster.token("dns-system", "other-app", audiences=["bindcar"])
+    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(fake_kubeconfig), "ZONE_DATA_DIR": str(tmp_path)}
+    flask = ["-m", "flask", "--app", "example_app.app:create_app", "bindcar", "review"]
+    result = review([*flask, "--method", "DELETE", "--path", "/api/v1/zones/x"], env, token)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "✔ route: DELETE /api/v1/zones/x is view delete_zone: "
+        "@auth_required(service_accounts=['system:serviceaccount:dns-system:external-dns'])"
+    )
+    assert f"✘ view policy: {DELETERS_ONLY}" in lines
+    assert lines[-2:] == [f'✘ result: 401 {{"error": "{DELETERS_ONLY}"}}', "the token is rejected"]
+
+
+Review = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(fake_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Review:
+    """``flask bindcar review ARGS`` on the example app, the token on stdin."""
+    monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
+    monkeypatch.setenv("KUBECONFIG", str(fake_kubeconfig))
+    runner = create_app(tmp_path).test_cli_runner()
+    return lambda token, *args: runner.invoke(args=["bindcar", "review", *args], input=token)
+
+
+ALLOWED = "✔ result: allowed as system:serviceaccount:dns-system:{}"
+
+
+@pytest.mark.parametrize(
+    ("account", "args", "verdict"),
+    [
+        ("other-app", [], ALLOWED.format("other-app")),
+        ("other-app", ["--path", "/api/v1/zones"], ALLOWED.format("other-app")),
+        ("external-dns", ["--method", "delete", "--path", "/api/v1/zones/x"], ALLOWED.format("external-dns")),
+        ("other-app", ["--path", "/api/v1/health"], "✔ result: allowed: GET /api/v1/health needs no token"),
+    ],
+)
+def test_flask_review_of_allowed_requests(
+    cli: Review, fake_cluster: FakeCluster, account: str, args: list[str], verdict: str
+) -> None:
+    result = cli(fake_cluster.token("dns-system", account, audiences=["bindcar"]), *args)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2] == verdict
+
+
+def test_flask_review_of_a_path_no_view_answers(cli: Review) -> None:
+    result = cli("abc", "--method", "PUT", "--path", "/api/v1/zones")
+    assert result.exit_code == 1
+    assert "no view answers PUT /api/v1/zones (405 Method Not Allowed)" in result.output
+    result = cli("abc", "--path", "/nowhere")
+    assert result.exit_code == 1
+    assert "no view answers GET /nowhere (404 Not Found)" in result.output
