@@ -9,7 +9,7 @@ DEMO_PORT ?= 8080
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test lint pytest demo bench docs clean cluster-assets test-cluster
+.PHONY: test lint pytest demo bench bench-docs docs clean cluster-assets test-cluster
 
 $(STAMP): pyproject.toml setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -34,8 +34,17 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# The benchmarks (about 10 minutes) into build/bench/, ignored by git: nothing tracked changes.
+BENCH_RESULTS ?= build/bench/results.json
+
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.run --docs
+	$(BIN)/python -m benchmarks.run --out $(BENCH_RESULTS)
+
+# Publish a full run (making one first if there is none): rewrites docs/performance.md, its plot
+# and benchmarks/results.json.
+bench-docs: $(BENCH_STAMP)
+	test -f $(BENCH_RESULTS) || $(MAKE) bench
+	$(BIN)/python -m benchmarks.report $(BENCH_RESULTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flask_bindcar tests example_app benchmarks

@@ -1,9 +1,23 @@
-"""Writes docs/performance.md from a benchmark run's results (``make bench`` does this)."""
+"""Publishes a full benchmark run: docs/performance.md, its plot, and benchmarks/results.json.
+
+``make bench`` runs the benchmarks into ``build/bench/results.json`` and touches nothing tracked;
+``make bench-docs`` (``python -m benchmarks.report [RESULTS]``) rewrites the page from that run.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "performance.md"
+PLOT = ROOT / "docs" / "performance.png"
+PUBLISHED = ROOT / "benchmarks" / "results.json"
+"""The figures behind the page, kept beside the code that measured them."""
+BENCHES = ("1_warm", "2_cold", "3_reviews_sent", "4_garbage", "5_gunicorn")
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -27,6 +41,11 @@ def _real_cold(real: dict[str, Any] | None) -> str:
 Ratio to the raw call: **{real["ratio"]:.2f}**; to the hand-rolled view: **{real["ratio_to_by_hand"]:.2f}**."""
 
 
+def _duration(machine: dict[str, Any]) -> str:
+    seconds = machine.get("run_seconds")
+    return f", {round(seconds / 60)} minutes" if seconds else ""
+
+
 def write_docs(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     warm, cold, sent, garbage, gun = (
@@ -37,8 +56,9 @@ def write_docs(results: dict[str, Any], path: Path) -> None:
     limited = garbage["with_failure_limit_20_per_minute"]
     text = f"""# Performance
 
-Measured with `make bench` (`benchmarks/run.py`) on {m["date"]}: {m["cpu"]}, {m["cores"]} cores,
-Python {m["python"]}, Flask {m["flask"]}, kubernetes client {m["kubernetes client"]}. Each figure
+Measured with `make bench` (`benchmarks/run.py`{_duration(m)}) on {m["date"]}: {m["cpu"]}, {m["cores"]} cores,
+Python {m["python"]}, Flask {m["flask"]}, kubernetes client {m["kubernetes client"]}; `make bench-docs`
+wrote this page from that run. Each figure
 compares contenders measured in the same process, in interleaved rounds; the medians are shown.
 These are the figures of one run on a shared machine: read the ratios, not the microseconds.
 
@@ -122,3 +142,46 @@ generator shares the machine's two cores with the server.
   `BIND_TOKEN_REVIEW_MAX_INFLIGHT` (64) keep a flood of bad tokens away from the API server.
 """
     path.write_text(text)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = results["1_warm"]["ratio_to_bare"]
+    names = [*warm, "flask-bindcar cold\n/ raw client call", "gunicorn throughput\nwith / without"]
+    values = [*warm.values(), results["2_cold"]["ratio"], results["5_gunicorn"]["ratio"]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bars = ax.bar(range(len(values)), values, color=["#999", "#2a7", "#48c", "#c84", "#2a7", "#2a7"])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), [n.replace(" (warm)", "\n(warm cache)") for n in names], fontsize=8)
+    ax.set_ylabel("ratio (1.0 = the baseline)")
+    ax.set_title("Request cost relative to its baseline (lower is better; throughput: higher)")
+    for bar, value in zip(bars, values, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.run import RESULTS
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, nargs="?", default=RESULTS, help="a full run's results.json")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    missing = [name for name in BENCHES if name not in results]
+    if missing:
+        raise SystemExit(f"{args.results} is not a full run (missing {', '.join(missing)}): run make bench first")
+    write_docs(results, PAGE)
+    plot(results, PLOT)
+    if args.results.resolve() != PUBLISHED:
+        shutil.copyfile(args.results, PUBLISHED)
+    print(f"wrote {PAGE.relative_to(ROOT)}, {PLOT.relative_to(ROOT)} and {PUBLISHED.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

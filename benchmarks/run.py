@@ -48,6 +48,8 @@ from flask_bindcar.ratelimit import FailureLimiter, Limit
 from flask_bindcar.testing import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "build" / "bench" / "results.json"
+"""Where ``make bench`` writes, outside the tracked tree; ``make bench-docs`` publishes from here."""
 ROUTE = "/api/v1/zones"
 
 
@@ -384,33 +386,19 @@ def machine() -> dict[str, str]:
     }
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    warm = results["1_warm"]["ratio_to_bare"]
-    names = [*warm, "flask-bindcar cold\n/ raw client call", "gunicorn throughput\nwith / without"]
-    values = [*warm.values(), results["2_cold"]["ratio"], results["5_gunicorn"]["ratio"]]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bars = ax.bar(range(len(values)), values, color=["#999", "#2a7", "#48c", "#c84", "#2a7", "#2a7"])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(values)), [n.replace(" (warm)", "\n(warm cache)") for n in names], fontsize=8)
-    ax.set_ylabel("ratio (1.0 = the baseline)")
-    ax.set_title("Request cost relative to its baseline (lower is better; throughput: higher)")
-    for bar, value in zip(bars, values, strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
-    parser.add_argument("--docs", action="store_true", help="write docs/performance.md and its plot")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help=f"where to write the results (default: {RESULTS.relative_to(ROOT)}, ignored by git); "
+        "`python -m benchmarks.report` turns a full run into docs/performance.md (make bench-docs)",
+    )
     parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-5)")
     args = parser.parse_args(argv)
+    started_run = time.perf_counter()
 
     benches = {
         "1_warm": bench_warm,
@@ -430,15 +418,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"## {name} ({time.perf_counter() - started:.1f}s)\n{json.dumps(results[name], indent=2)}\n", flush=True
             )
-    out = ROOT / "benchmarks" / "results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out}")
-    if args.docs and len(results) == 6:
-        from benchmarks.report import write_docs
-
-        plot(results, ROOT / "docs" / "performance.png")
-        write_docs(results, ROOT / "docs" / "performance.md")
-        print("wrote docs/performance.md and docs/performance.png")
+    results["machine"]["run_seconds"] = round(time.perf_counter() - started_run)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.out} ({results['machine']['run_seconds']} s); make bench-docs publishes a full run")
     return 0
 
 
