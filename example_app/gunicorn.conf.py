@@ -14,7 +14,12 @@ threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # BIND_TOKEN_REVIEW_MAX_INFLIGHT wins; `python -m flask_bindcar doctor --threads N` checks it.
 os.environ.setdefault("BIND_TOKEN_REVIEW_MAX_INFLIGHT", str(max(1, threads // 2)))
 accesslog = "-"
-# The default access log format has no Authorization header; keep it that way.
+# gunicorn's own format, with the caller where %(u)s stands: flask-bindcar sets REMOTE_USER to the
+# ServiceAccount's username, and gunicorn's %(u)s reads only HTTP Basic credentials, so the line
+# takes it from the environ. "-" when nobody was authenticated (a probe, a 401, Basic mode):
+#   10.0.0.7 - system:serviceaccount:dns-system:external-dns [...] "GET /api/v1/zones HTTP/1.1" 200 ...
+# Like the default, it logs no Authorization header; keep it that way.
+access_log_format = '%(h)s %(l)s %({remote_user}e)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 graceful_timeout = 5
 # A request header longer than this never reaches the app (gunicorn answers 431 itself).
 limit_request_field_size = 8190

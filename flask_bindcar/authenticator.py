@@ -62,6 +62,8 @@ class AuditRecord:
     auth_method: str | None = None
     cache: CacheResult | None = None
     review_latency_ms: float | None = None
+    pod_name: str | None = None
+    """The pod the caller's token is bound to, when it is."""
 
 
 class Authenticator:
@@ -138,13 +140,14 @@ class Authenticator:
         *,
         namespaces: Collection[str] | None = None,
         service_accounts: Collection[str] | None = None,
+        require_pod: bool = False,
         remote_addr: str | None = None,
         method: str | None = None,
         path: str | None = None,
     ) -> None:
         """Apply a stricter, per-view policy to an already authenticated caller."""
         try:
-            authorize(identity, namespaces, service_accounts)
+            authorize(identity, namespaces, service_accounts, require_pod)
         except AuthError as e:
             self._denied(e, remote_addr, method, path, identity)
             if self._generic:
@@ -171,7 +174,9 @@ class Authenticator:
             identity: Identity | None = outcome.memo.get(audiences)
             if identity is None:
                 identity = outcome.memo[audiences] = identity_from_review(outcome, audiences)
-            authorize(identity, self.config.allowed_namespaces, self.config.allowed_service_accounts)
+            authorize(
+                identity, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
+            )
         except AuthError as e:
             e.cache, e.review_latency_ms = cache, latency
             raise
@@ -254,6 +259,7 @@ class Authenticator:
             auth_method=identity.method if identity is not None else None,
             cache=cache,
             review_latency_ms=latency,
+            pod_name=identity.pod_name if identity is not None else None,
         )
         fields = asdict(record)
         audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})

@@ -266,6 +266,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
     Setting("kube_ca_cert_path", None, "KUBE_CA_CERT_PATH", None, _text),
     Setting("require_allowlist", "BINDCAR_REQUIRE_ALLOWLIST", "BIND_REQUIRE_ALLOWLIST", False, _flag),
+    Setting("require_pod", "BINDCAR_REQUIRE_POD_BOUND_TOKEN", "BIND_REQUIRE_POD_BOUND_TOKEN", False, _flag),
     Setting("protect_all", "BINDCAR_PROTECT_ALL", None, True, _flag),
     Setting("exempt_paths", "BINDCAR_EXEMPT_PATHS", "BIND_AUTH_EXEMPT_PATHS", frozenset(), _paths),
 )
@@ -311,6 +312,8 @@ class AuthConfig:
     kube_token_path: str | None = None
     kube_ca_cert_path: str | None = None
     require_allowlist: bool = False
+    require_pod: bool = False
+    """Accept only tokens bound to a pod (``user.extra`` names one), app-wide."""
     protect_all: bool = True
     exempt_paths: frozenset[str] = frozenset()
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -353,6 +356,11 @@ class AuthConfig:
         return config
 
     def _check_combination(self) -> None:
+        if self.require_pod and self.mode != "tokenreview":
+            raise ConfigError(
+                f"{self.sources['require_pod'][1]}=true needs {self.sources['mode'][1]}=tokenreview: in Basic mode "
+                "nothing says which pod a token is bound to, so every request would be refused"
+            )
         if self.mode != "tokenreview":
             return
         # Only whether it is installed: importing it here would import urllib3 and ssl in a gunicorn

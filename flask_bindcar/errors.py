@@ -33,6 +33,7 @@ NO_USER_INFO = "No user information in TokenReview response"
 NAMESPACE_DENIED = "ServiceAccount from unauthorized namespace: {namespace}"
 NOT_SERVICE_ACCOUNT = "Not a ServiceAccount: {username}"
 SERVICE_ACCOUNT_DENIED = "ServiceAccount not authorized: {username}"
+NOT_POD_BOUND = "token is not bound to a pod"
 TOO_MANY_FAILURES = "Too many failed authentication attempts"
 GENERIC_MESSAGE = "Unauthorized"
 """The one body of every 401 with ``BIND_AUTH_ERROR_DETAIL=generic``, as bindcar's releases answer."""
@@ -61,6 +62,7 @@ CREDENTIAL_REASONS = frozenset(
         "not_service_account",
         "namespace",
         "service_account",
+        "not_pod_bound",
     }
 )
 

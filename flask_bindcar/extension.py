@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import click
-from flask import Flask, Request, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, has_request_context, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
@@ -18,7 +18,7 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.doctor import Route
-from flask_bindcar.identity import Identity
+from flask_bindcar.identity import ENVIRON_KEY, Identity, put_in_environ
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,11 +26,13 @@ EXEMPT_ATTR = "_bindcar_exempt"
 POLICY_ATTR = "_bindcar_policy"
 """Set on `auth_required` views: their own (namespaces, service_accounts), for ``flask bindcar review``."""
 
-_G_IDENTITY = "_bindcar_identity"
-
 
 def _get_identity() -> Identity | None:
-    identity: Identity | None = g.get(_G_IDENTITY)
+    # Kept in the request's environ, not on ``g``: one app context can serve several requests (a
+    # test client inside a pushed request context, as pytest-flask's fixtures have it).
+    if not has_request_context():
+        return None
+    identity: Identity | None = request.environ.get(ENVIRON_KEY)
     return identity
 
 
@@ -116,7 +118,7 @@ def _authenticate(auth: Authenticator, req: Request) -> Identity:
     identity = auth.authenticate(
         req.environ.get("HTTP_AUTHORIZATION"), remote_addr=req.remote_addr, method=req.method, path=req.path
     )
-    setattr(g, _G_IDENTITY, identity)
+    put_in_environ(req.environ, identity)
     return identity
 
 
@@ -133,7 +135,10 @@ def auth_required(view: F) -> F: ...
 
 @overload
 def auth_required(
-    *, namespaces: Iterable[str] | str | None = None, service_accounts: Iterable[str] | str | None = None
+    *,
+    namespaces: Iterable[str] | str | None = None,
+    service_accounts: Iterable[str] | str | None = None,
+    require_pod: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -142,13 +147,15 @@ def auth_required(
     *,
     namespaces: Iterable[str] | str | None = None,
     service_accounts: Iterable[str] | str | None = None,
+    require_pod: bool = False,
 ) -> F | Callable[[F], F]:
     """Require an authenticated caller for this view, even with ``BINDCAR_PROTECT_ALL = False``.
 
     With arguments it adds a stricter policy on top of the app's: the caller's namespace must be
     in ``namespaces`` and its username in ``service_accounts``
-    (``system:serviceaccount:<ns>:<name>``), with the seed's messages when not. Works on async
-    views too.
+    (``system:serviceaccount:<ns>:<name>``), with the seed's messages when not. ``require_pod``
+    accepts only a token bound to a pod (``Token validation failed: token is not bound to a pod``
+    when not). Works on async views too.
     """
     allowed_ns = parse_namespaces("auth_required(namespaces=...)", namespaces) if namespaces is not None else None
     allowed_sa = (
@@ -157,7 +164,9 @@ def auth_required(
         else None
     )
     if view is None:
-        return functools.partial(auth_required, namespaces=allowed_ns, service_accounts=allowed_sa)
+        return functools.partial(
+            auth_required, namespaces=allowed_ns, service_accounts=allowed_sa, require_pod=require_pod
+        )
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -165,9 +174,15 @@ def auth_required(
         if is_cors_preflight(req.environ):  # the view runs only for an authenticated caller
             return current_app.make_default_options_response()
         auth = _extension().authenticator()
-        identity = g.get(_G_IDENTITY) or _authenticate(auth, req)
-        if allowed_ns is not None or allowed_sa is not None:
-            auth.authorize(identity, namespaces=allowed_ns, service_accounts=allowed_sa, **_request_info(req))
+        identity = req.environ.get(ENVIRON_KEY) or _authenticate(auth, req)
+        if allowed_ns is not None or allowed_sa is not None or require_pod:
+            auth.authorize(
+                identity,
+                namespaces=allowed_ns,
+                service_accounts=allowed_sa,
+                require_pod=require_pod,
+                **_request_info(req),
+            )
         return current_app.ensure_sync(view)(*args, **kwargs)
 
     setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa))

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 SA_PREFIX = "system:serviceaccount:"
 
+ENVIRON_KEY = "bindcar.identity"
+"""Where both adapters leave the caller's `Identity` in the WSGI environ."""
+
 AuthMethod = Literal["basic", "shared-secret", "tokenreview"]
+
+EXTRA_PREFIX = "authentication.kubernetes.io/"
+BOUND_FIELDS = {
+    "pod_name": EXTRA_PREFIX + "pod-name",
+    "pod_uid": EXTRA_PREFIX + "pod-uid",
+    "node_name": EXTRA_PREFIX + "node-name",
+    "node_uid": EXTRA_PREFIX + "node-uid",
+    "credential_id": EXTRA_PREFIX + "credential-id",
+}
+"""`Identity` field -> the ``user.extra`` key kube-apiserver (1.30 and later) fills it from."""
 
 
 def split_service_account(username: str | None) -> tuple[str, str] | None:
@@ -21,6 +34,11 @@ def split_service_account(username: str | None) -> tuple[str, str] | None:
     return namespace, name
 
 
+def bound_fields(extra: Mapping[str, tuple[str, ...]]) -> dict[str, str | None]:
+    """The `BOUND_FIELDS` found in a TokenReview's ``user.extra``: the first value of each key, or None."""
+    return {name: next(iter(extra.get(key) or ()), None) or None for name, key in BOUND_FIELDS.items()}
+
+
 @dataclass(frozen=True)
 class Identity:
     """The authenticated caller.
@@ -30,6 +48,11 @@ class Identity:
     TokenReview mode every field comes from the API server's ``status.user`` and
     ``status.audiences``; ``namespace`` and ``service_account`` (the short name) are set when the
     caller is a ServiceAccount.
+
+    A projected token bound to a pod names it: ``pod_name`` and ``pod_uid``, and ``node_name`` and
+    ``node_uid`` once the pod is scheduled (and the cluster adds them); ``credential_id`` (``JTI=...``)
+    tells one token from another in an audit trail. Each is None when the API server does not say,
+    and all stay in ``extra`` as the API server gave them.
     """
 
     method: AuthMethod
@@ -40,7 +63,29 @@ class Identity:
     audiences: tuple[str, ...] = ()
     namespace: str | None = None
     service_account: str | None = None
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    node_name: str | None = None
+    node_uid: str | None = None
+    credential_id: str | None = None
 
     @property
     def is_service_account(self) -> bool:
         return self.service_account is not None
+
+    @property
+    def is_pod_bound(self) -> bool:
+        """Whether the token is bound to a pod (a projected token in a pod, or one made for it)."""
+        return self.pod_name is not None
+
+
+def put_in_environ(environ: MutableMapping[str, Any], identity: Identity) -> None:
+    """Leave ``identity`` with its request: at `ENVIRON_KEY`, and its username at ``REMOTE_USER``.
+
+    ``REMOTE_USER`` is where WSGI servers, loggers and frameworks look for the authenticated user
+    (Werkzeug's ``request.remote_user``, gunicorn's ``%({remote_user}e)s``); it is left alone when
+    the identity has no username (Basic mode).
+    """
+    environ[ENVIRON_KEY] = identity
+    if identity.username is not None:
+        environ["REMOTE_USER"] = identity.username

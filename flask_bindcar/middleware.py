@@ -2,8 +2,9 @@
 
 ``BindcarMiddleware(app, **overrides)`` answers failures itself, with the same JSON body and
 headers as the Flask extension, and hands the caller's `Identity` to the application at
-``environ["bindcar.identity"]``. ``gunicorn 'flask_bindcar.middleware:wrap("pkg.module:app")'``
-wraps an application without writing code; configuration then comes from the environment.
+``environ["bindcar.identity"]``, its username at ``environ["REMOTE_USER"]``.
+``gunicorn 'flask_bindcar.middleware:wrap("pkg.module:app")'`` wraps an application without
+writing code; configuration then comes from the environment.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.errors import BindcarError
+from flask_bindcar.identity import ENVIRON_KEY, put_in_environ
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-ENVIRON_KEY = "bindcar.identity"
+__all__ = ["ENVIRON_KEY", "BindcarMiddleware", "load_app", "wrap"]
 
 
 class BindcarMiddleware:
@@ -41,12 +43,13 @@ class BindcarMiddleware:
         if environ.get("PATH_INFO", "") in self.config.exempt_paths or is_cors_preflight(environ):
             return self.app(environ, start_response)
         try:
-            environ[ENVIRON_KEY] = self.authenticator.authenticate(
+            identity = self.authenticator.authenticate(
                 environ.get("HTTP_AUTHORIZATION"),
                 remote_addr=environ.get("REMOTE_ADDR"),
                 method=environ.get("REQUEST_METHOD"),
                 path=environ.get("PATH_INFO"),
             )
+            put_in_environ(environ, identity)
         except BindcarError as e:
             return e(environ, start_response)
         return self.app(environ, start_response)

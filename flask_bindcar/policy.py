@@ -12,11 +12,12 @@ from flask_bindcar.errors import (
     NAMESPACE_DENIED,
     NO_USER_INFO,
     NOT_AUTHENTICATED,
+    NOT_POD_BOUND,
     NOT_SERVICE_ACCOUNT,
     SERVICE_ACCOUNT_DENIED,
     AuthError,
 )
-from flask_bindcar.identity import Identity, split_service_account
+from flask_bindcar.identity import Identity, bound_fields, split_service_account
 from flask_bindcar.kube import ReviewOutcome
 
 GENERIC_REJECTION = "invalid bearer token"
@@ -37,16 +38,18 @@ def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> 
         raise AuthError.validation_failed(NO_USER_INFO, reason="no_user")
     username = str(user["username"])
     sa = split_service_account(username)
-    extra = user.get("extra") or {}
+    raw = user.get("extra") or {}
+    extra = {str(k): tuple(str(v) for v in (vs or ())) for k, vs in raw.items()} if isinstance(raw, dict) else {}
     return Identity(
         method="tokenreview",
         username=username,
         uid=str(user["uid"]) if user.get("uid") else None,
         groups=tuple(str(g) for g in user.get("groups") or ()),
-        extra={str(k): tuple(str(v) for v in (vs or ())) for k, vs in extra.items()} if isinstance(extra, dict) else {},
+        extra=extra,
         audiences=granted,
         namespace=sa[0] if sa else None,
         service_account=sa[1] if sa else None,
+        **bound_fields(extra),
     )
 
 
@@ -54,8 +57,10 @@ def authorize(
     identity: Identity,
     namespaces: Collection[str] | None,
     service_accounts: Collection[str] | None,
+    require_pod: bool = False,
 ) -> None:
-    """Apply a namespace and a ServiceAccount allowlist (None allows all); fail closed."""
+    """Apply a namespace and a ServiceAccount allowlist (None allows all), then, with
+    ``require_pod``, the pod binding; fail closed."""
     if namespaces is not None:
         if identity.namespace is None:
             raise AuthError.validation_failed(
@@ -67,3 +72,5 @@ def authorize(
         raise AuthError.validation_failed(
             SERVICE_ACCOUNT_DENIED.format(username=identity.username or "(anonymous)"), reason="service_account"
         )
+    if require_pod and not identity.is_pod_bound:
+        raise AuthError.validation_failed(NOT_POD_BOUND, reason="not_pod_bound")
