@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,7 +22,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, ISSUER, FakeCluster, RealCluster
+from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, ISSUER, AssetsMissing, FakeCluster, RealCluster
 
 Cluster = FakeCluster | RealCluster
 SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:{ns}", "system:authenticated"]
@@ -280,3 +281,15 @@ def test_default_caller_is_the_same_on_both(any_cluster: Cluster) -> None:
     assert claims["sub"] == DEFAULT_CALLER
     assert claims["aud"] == [API_AUDIENCE]
     assert any_cluster.can_review(DEFAULT_CALLER)
+
+
+def test_real_cluster_without_its_binaries_names_the_make_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
+    with pytest.raises(AssetsMissing) as info:
+        RealCluster()
+    assert str(info.value) == (
+        f"RealCluster needs etcd, kube-apiserver, kubectl in KUBEBUILDER_ASSETS (looked in {tmp_path}). Build them "
+        "with `make cluster-assets` (needs Go), or point KUBEBUILDER_ASSETS at envtest's binaries."
+    )
