@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,10 +40,12 @@ def gunicorn(
     workers: int = 1,
     preload: bool = False,
     worker_class: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``gunicorn target`` on a free loopback port; yields its base URL.
 
     ``worker_class`` is gunicorn's ``-k`` (default: sync, or gthread with ``threads`` > 1).
+    ``wrapper`` is a command that runs gunicorn's command line (``unshare ...``, say).
     """
     port = free_port()
     args = [
@@ -68,6 +70,7 @@ def gunicorn(
     if worker_class is not None:
         args += ["--worker-class", worker_class]
     args.append(target)
+    args = [*wrapper, *args]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env={**base_environment(), **env}, stdout=log, stderr=log)
     try:

@@ -9,6 +9,7 @@ manifests as the real API server admits them.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -310,6 +311,44 @@ def test_in_cluster_files_and_a_rotated_token(real_cluster: RealCluster, tmp_pat
     files.token.write_text(real_cluster.caller_token)  # the kubelet swaps in a new token
     assert auth.authenticate(f"Bearer {token}").username == "system:serviceaccount:dns-system:external-dns"
     assert auth.reviewer is not None and auth.reviewer.source == f"KUBE_API_SERVER {real_cluster.url}"
+
+
+IN_CLUSTER_MOUNT = "/run/secrets/kubernetes.io/serviceaccount"
+"""Where the official client's in-cluster loader reads the ServiceAccount (``/var/run`` is ``/run``)."""
+
+
+def in_a_pod(mount: Path) -> list[str]:
+    """A command prefix running a command as in a Pod: in a mount namespace of its own, with ``mount``
+    where the kubelet puts the ServiceAccount. Needs root (unshare and mount), as CI has."""
+    script = 'mount -t tmpfs tmpfs /run && mkdir -p "$0" && mount --bind "$1" "$0" && shift && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, IN_CLUSTER_MOUNT, str(mount)]
+
+
+def test_in_cluster_mode_under_gunicorn_picks_up_a_rotated_token(
+    real_cluster: RealCluster, serve: Serve, tmp_path: Path
+) -> None:
+    """No kubeconfig, only KUBERNETES_SERVICE_HOST/PORT and the mount at its real path: the official
+    in-cluster loader, as in a Pod. The kubelet rotates the token; the client re-reads it (it checks
+    the file about once a minute), without a restart."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"], check=False).returncode:
+        pytest.fail("this test needs unshare --mount (util-linux, run as root)")
+    ns, name = "dns-system", unique("in-pod")
+    files = real_cluster.incluster_files(tmp_path / "serviceaccount", real_cluster.token(ns, name))
+    env = {**files.environ, "BIND_AUTH_MODE": "tokenreview", "BIND_TOKEN_CACHE_FAILURE_TTL": "0"}
+    token = real_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    with serve(TARGETS["flask"], env, wrapper=in_a_pod(files.token.parent)) as url:
+        assert_401(
+            get(url, token),
+            "Token validation failed: TokenReview API call failed: HTTP 403 Forbidden: "
+            f'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:{ns}:{name}" cannot '
+            'create resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope',
+        )
+        files.token.write_text(real_cluster.caller_token)  # the kubelet swaps in a token that may review
+        deadline = time.monotonic() + 120
+        while (response := get(url, token)).status_code != 200:
+            assert time.monotonic() < deadline, f"the rotated token was not picked up: {response.text}"
+            time.sleep(2)
+        assert_ok(response, "system:serviceaccount:dns-system:external-dns")
 
 
 # -- the deployment manifests ----------------------------------------------------------------------
