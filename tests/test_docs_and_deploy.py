@@ -118,6 +118,7 @@ def test_manifests_validate_strictly() -> None:
         "deployment.yaml",
         "service.yaml",
         "networkpolicy.yaml",
+        "client.yaml",
     }
     result = subprocess.run(
         [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, MANIFESTS)],
@@ -125,7 +126,7 @@ def test_manifests_validate_strictly() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed for resource") == 8
+    assert result.stdout.count("passed for resource") == 10
 
 
 def load_manifests() -> dict[str, Any]:
@@ -173,6 +174,51 @@ def test_the_configmap_value_is_accepted_as_written() -> None:
         "system:serviceaccount:dns-system:cert-manager",
         "system:serviceaccount:dns-system:ingress-dns",
     }
+
+
+def test_the_client_deployment_calls_the_api_as_the_guide_allows() -> None:
+    from flask_bindcar.client import DEFAULT_TOKEN_PATH
+
+    resources = load_manifests()
+    server = resources["Deployment/bindcar-example"]["spec"]["template"]["spec"]["containers"][0]
+    server_env = {e["name"]: e for e in server["env"]}
+    allowlist = resources["ConfigMap/bindcar-allowed-accounts"]["data"]["allowed-service-accounts"].split()
+    client = resources["Deployment/zone-client"]
+    pod = client["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+
+    # Its identity is an existing ServiceAccount the server's allowlists accept.
+    namespace, account = client["metadata"]["namespace"], pod["serviceAccountName"]
+    assert f"ServiceAccount/{account}" in resources
+    assert namespace in server_env["BIND_ALLOWED_NAMESPACES"]["value"].split(",")
+    assert f"system:serviceaccount:{namespace}:{account}" in allowlist
+    # Its token is projected for an audience the server accepts, where the client reads it by default.
+    [volume] = pod["volumes"]
+    [source] = volume["projected"]["sources"]
+    projection = source["serviceAccountToken"]
+    assert projection["audience"] in server_env["BIND_TOKEN_AUDIENCES"]["value"].split(",")
+    assert 600 <= projection["expirationSeconds"] <= 86400  # the API server's bounds, without an extension
+    [mount] = container["volumeMounts"]
+    assert mount["name"] == volume["name"]
+    assert f"{mount['mountPath']}/{projection['path']}" == DEFAULT_TOKEN_PATH
+    assert "--token-file" not in container["command"]
+    assert pod["automountServiceAccountToken"] is False
+    # It runs the example client against the example Service.
+    assert container["command"][:3] == ["python", "-m", "example_app.client"]
+    assert (ROOT / "example_app" / "client.py").is_file()
+    service = resources["Service/bindcar-example"]
+    [port] = service["spec"]["ports"]
+    assert container["command"][3] == f"http://{service['metadata']['name']}.{namespace}.svc:{port['port']}"
+    assert container["image"] == server["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_image_installs_the_client_extra() -> None:
+    dockerfile = (ROOT / "example_app" / "Dockerfile").read_text()
+    [install] = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    extras = re.search(r"'\.\[([\w,-]+)\]'", install)
+    assert extras is not None
+    assert "client" in extras.group(1).split(",")
 
 
 def test_dockerfile_copies_what_exists() -> None:

@@ -1,0 +1,214 @@
+"""The calling side: `ServiceAccountTokenAuth` sends the projected token and follows its rotation.
+
+With ``responses`` faking the API, then end to end: the example client against the example app
+under gunicorn, with tokens from FakeCluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+import responses
+
+from example_app import client as example_client
+from flask_bindcar.client import DEFAULT_TOKEN_PATH, ServiceAccountTokenAuth, TokenFileError
+from flask_bindcar.testing import FakeCluster
+
+URL = "https://bindcar.dns-system.svc:8080/api/v1/zones"
+
+
+def make_token(subject: str, audiences: list[str] | None = None) -> str:
+    """A JWT shaped like a projected ServiceAccount token (only the API side would verify it)."""
+    claims = {"aud": audiences or ["bindcar"], "sub": f"system:serviceaccount:dns-system:{subject}"}
+    return jwt.encode(claims, "a signing key that nobody checks here", algorithm="HS256")
+
+
+class ProjectedVolume:
+    """A token file laid out as the kubelet writes a projected volume, and rotated as it does.
+
+    The kubelet writes each version into a fresh timestamped folder, points ``..data`` at it with
+    an atomic rename, and ``<path>`` is a symlink through ``..data``.
+    """
+
+    def __init__(self, directory: Path, name: str = "bindcar"):
+        self.directory = directory
+        self.name = name
+        self.versions = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / name).symlink_to(Path("..data") / name)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.name
+
+    def write(self, token: str) -> None:
+        self.versions += 1
+        version = self.directory / f"..2026_01_01_00_00_{self.versions:02d}"
+        version.mkdir()
+        (version / self.name).write_text(token)
+        link = self.directory / "..data_tmp"
+        link.symlink_to(version.name)
+        link.replace(self.directory / "..data")
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> ProjectedVolume:
+    return ProjectedVolume(tmp_path / "tokens")
+
+
+@pytest.fixture
+def api() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock() as mock:
+        mock.get(URL, json={"zones": []})
+        yield mock
+
+
+def sent(api: responses.RequestsMock) -> list[str | None]:
+    return [call.request.headers.get("Authorization") for call in api.calls]
+
+
+def test_the_default_path_is_the_documented_projected_volume() -> None:
+    assert DEFAULT_TOKEN_PATH == "/var/run/secrets/tokens/bindcar"
+    assert ServiceAccountTokenAuth().path == Path(DEFAULT_TOKEN_PATH)
+
+
+def test_sends_the_token_as_a_bearer_credential(api: responses.RequestsMock, volume: ProjectedVolume) -> None:
+    token = make_token("external-dns")
+    volume.write(token + "\n")  # the kubelet writes no newline, but a hand-made file often ends with one
+
+    response = requests.get(URL, auth=ServiceAccountTokenAuth(volume.path), timeout=5)
+
+    assert response.status_code == 200
+    assert sent(api) == [f"Bearer {token}"]
+
+
+def test_a_rotation_mid_session_is_picked_up(api: responses.RequestsMock, volume: ProjectedVolume) -> None:
+    first, second = make_token("external-dns"), make_token("external-dns")
+    volume.write(first)
+    session = requests.Session()
+    session.auth = ServiceAccountTokenAuth(volume.path)
+
+    session.get(URL, timeout=5)
+    session.get(URL, timeout=5)
+    volume.write(second)  # the kubelet rotates the token
+    session.get(URL, timeout=5)
+
+    assert sent(api) == [f"Bearer {first}", f"Bearer {first}", f"Bearer {second}"]
+
+
+def test_a_file_rewritten_in_place_is_read_again_when_its_mtime_or_size_changes(
+    api: responses.RequestsMock, tmp_path: Path
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("A" * 40)
+    stat = path.stat()
+    auth = ServiceAccountTokenAuth(path)
+    requests.get(URL, auth=auth, timeout=5)
+
+    path.write_text("B" * 40)  # same inode, same size...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...same mtime: nothing says it changed
+    requests.get(URL, auth=auth, timeout=5)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    requests.get(URL, auth=auth, timeout=5)
+    path.write_text("C" * 41)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # only the size changed
+    requests.get(URL, auth=auth, timeout=5)
+
+    assert sent(api) == ["Bearer " + "A" * 40, "Bearer " + "A" * 40, "Bearer " + "B" * 40, "Bearer " + "C" * 41]
+
+
+def test_a_missing_file_is_a_clear_error_before_any_request(tmp_path: Path) -> None:
+    path = tmp_path / "tokens" / "bindcar"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as api:
+        api.get(URL, json={"zones": []})
+        with pytest.raises(TokenFileError) as missing:
+            requests.get(URL, auth=ServiceAccountTokenAuth(path), timeout=5)
+        assert len(api.calls) == 0
+    assert str(missing.value) == (
+        f"No ServiceAccount token at {path}: mount a projected serviceAccountToken volume there "
+        "(audience: bindcar), or pass ServiceAccountTokenAuth(path=...)"
+    )
+    assert isinstance(missing.value, requests.RequestException)  # caught where other request errors are
+
+
+def test_the_missing_file_error_names_the_audience_hint(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError, match=r"\(audience: dns-api\)"):
+        ServiceAccountTokenAuth(tmp_path / "nothing", audience_hint="dns-api").token()
+
+
+def test_an_empty_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("\n")
+    with pytest.raises(TokenFileError) as empty:
+        ServiceAccountTokenAuth(path).token()
+    assert str(empty.value) == f"The ServiceAccount token file {path} is empty"
+
+
+def test_a_token_for_another_audience_is_named_in_a_warning(
+    volume: ProjectedVolume, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume.write(make_token("external-dns", ["https://kubernetes.default.svc"]))
+    auth = ServiceAccountTokenAuth(volume.path, audience_hint="bindcar")
+    with caplog.at_level(logging.WARNING, logger="flask_bindcar.client"):
+        auth.token()
+        auth.token()  # once per token, not per request
+    assert [r.getMessage() for r in caplog.records] == [
+        f"The token in {volume.path} is for https://kubernetes.default.svc, not bindcar: the API will refuse it. "
+        "Set audience: bindcar in the pod's serviceAccountToken projection."
+    ]
+
+
+def test_the_token_never_reaches_a_log_or_a_repr(
+    api: responses.RequestsMock, volume: ProjectedVolume, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = [make_token("external-dns"), make_token("external-dns", ["other"])]
+    auth = ServiceAccountTokenAuth(volume.path, audience_hint="bindcar")
+    with caplog.at_level(logging.DEBUG):
+        for token in tokens:
+            volume.write(token)
+            requests.get(URL, auth=auth, timeout=5)
+    assert f"Read the ServiceAccount token from {volume.path}" in caplog.text
+    for token in tokens:
+        assert token not in caplog.text
+        assert token not in repr(auth)
+    assert repr(auth) == f"ServiceAccountTokenAuth(path={str(volume.path)!r}, audience_hint='bindcar')"
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+
+def test_the_example_client_against_the_example_app_under_gunicorn(
+    serve: Callable[..., Any],
+    fake_cluster: FakeCluster,
+    fake_kubeconfig: Path,
+    volume: ProjectedVolume,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {
+        "BIND_AUTH_MODE": "tokenreview",
+        "KUBECONFIG": str(fake_kubeconfig),
+        "BIND_ALLOWED_NAMESPACES": "dns-system",
+        "ZONE_DATA_DIR": str(tmp_path / "zones"),
+    }
+    volume.write(fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"], pod="zone-client-0"))
+    with serve("example_app.app:create_app()", env) as url:
+        assert example_client.main([url, "--token-file", str(volume.path)]) == 0
+        # Rotated to another account's token: the next call presents it.
+        volume.write(fake_cluster.token("dns-system", "cert-manager", audiences=["bindcar"]))
+        assert example_client.main([url, "--token-file", str(volume.path)]) == 0
+        volume.write(fake_cluster.token("default", "intruder", audiences=["bindcar"]))
+        assert example_client.main([url, "--token-file", str(volume.path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        '200 {"caller":{"method":"tokenreview","username":"system:serviceaccount:dns-system:external-dns"},"zones":[]}',
+        '200 {"caller":{"method":"tokenreview","username":"system:serviceaccount:dns-system:cert-manager"},"zones":[]}',
+        '401 {"error": "Token validation failed: ServiceAccount from unauthorized namespace: default"}',
+    ]
