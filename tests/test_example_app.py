@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from example_app.app import create_app
@@ -20,8 +21,9 @@ from tests.gunicorn_server import ROOT, base_environment, free_port
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> FlaskClient:
-    return create_app(tmp_path / "zones").test_client()
+def app(tmp_path: Path) -> Flask:
+    """The example app, in Basic mode; pytest-flask's ``client`` fixture is its test client."""
+    return create_app(tmp_path / "zones")
 
 
 AUTH = {"Authorization": "Bearer demo"}
