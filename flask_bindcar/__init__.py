@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from flask_bindcar.extension import BindcarAuth, auth_exempt, auth_required, current_identity
     from flask_bindcar.identity import Identity
     from flask_bindcar.middleware import BindcarMiddleware
+    from flask_bindcar.rbac import RBAC
 
 __version__ = "0.1.0"
 
@@ -31,9 +32,11 @@ _EXPORTS = {
     "current_identity": "flask_bindcar.extension",
     "Identity": "flask_bindcar.identity",
     "BindcarMiddleware": "flask_bindcar.middleware",
+    "RBAC": "flask_bindcar.rbac",
 }
 
 __all__ = [
+    "RBAC",
     "AuthConfig",
     "AuthError",
     "BindcarAuth",

@@ -12,20 +12,29 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import get_args
+from typing import Any, get_args
 
+from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
 from flask_bindcar.cache import CacheResult, ReviewCache
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.credentials import bearer_token, check_token_format
-from flask_bindcar.errors import API_OVERLOADED, INVALID_API_TOKEN, AuthError, RateLimited
+from flask_bindcar.errors import (
+    API_OVERLOADED,
+    INVALID_API_TOKEN,
+    AccessDenied,
+    AuthError,
+    AuthzUnavailable,
+    RateLimited,
+)
 from flask_bindcar.identity import Identity
 from flask_bindcar.kube import KubeTokenReviewer, ReviewOutcome
 from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import authorize, identity_from_review
 from flask_bindcar.ratelimit import FailureLimiter
+from flask_bindcar.rbac import RBAC
 
 logger = logging.getLogger("flask_bindcar")
 audit_logger = logging.getLogger("flask_bindcar.audit")
@@ -55,13 +64,16 @@ class AuditRecord:
     method: str | None
     path: str | None
     result: str
-    """``allow``, ``deny`` or ``rate_limited``."""
+    """``allow``, ``deny`` or ``rate_limited``; for an authorization, ``unavailable`` too."""
     reason: str | None = None
     message: str | None = None
     username: str | None = None
     auth_method: str | None = None
     cache: CacheResult | None = None
     review_latency_ms: float | None = None
+    authorization: dict[str, Any] | None = None
+    """Set on the record of an RBAC decision: the verb, the attributes, the decision and the
+    SubjectAccessReview's ``status.reason``."""
     pod_name: str | None = None
     """The pod the caller's token is bound to, when it is."""
 
@@ -88,6 +100,9 @@ class Authenticator:
                 max_size=config.cache_size,
                 wait_timeout=config.review_timeout,
             )
+        self.authorizer = (
+            Authorizer(config, self.reviewer, self._slots, self.metrics) if self.reviewer is not None else None
+        )
         logger.info("flask-bindcar configuration: %s", json.dumps(config.describe(), sort_keys=True))
         if config.mode == "basic" and self._secret_digest is None:
             logger.warning(BASIC_WARNING)
@@ -153,6 +168,66 @@ class Authenticator:
             if self._generic:
                 raise e.generic() from None
             raise
+
+    def check_access(
+        self,
+        identity: Identity,
+        rbac: RBAC,
+        *,
+        method: str,
+        path: str,
+        view_args: Mapping[str, Any] | None = None,
+        remote_addr: str | None = None,
+    ) -> None:
+        """Ask RBAC whether ``identity`` may make this request, as ``rbac`` describes it.
+
+        Raises `AccessDenied` (403) when it may not, `AuthzUnavailable` (503) when no answer can
+        be had (or ``rbac`` names a view argument the route lacks); either way after logging the
+        decision and the review's reason, which never reaches the body.
+        """
+        record: dict[str, Any] = {"verb": None, "attributes": None}
+        try:
+            try:
+                attributes = rbac.attributes(method, path, view_args)
+            except KeyError as e:
+                logger.error("RBAC%r names the view argument %s, which this route does not have", rbac.summary(), e)
+                raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
+            record.update(verb=attributes.verb, attributes=attributes.record())
+            if self.authorizer is None:
+                raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
+            decision, cache, latency = self.authorizer.check(identity, attributes)
+        except (AccessDenied, AuthzUnavailable) as e:
+            denied = isinstance(e, AccessDenied)
+            record["decision"] = "denied" if denied else "unavailable"
+            record["reason"] = e.review_reason if isinstance(e, AccessDenied) else None
+            logger.warning(
+                "authorization %s: %s [reason=%s review_reason=%r remote_addr=%s method=%s path=%r]",
+                record["decision"],
+                e.message,
+                e.reason,
+                record["reason"],
+                remote_addr,
+                method,
+                path,
+            )
+            self._decided(
+                "deny" if denied else "unavailable",
+                remote_addr,
+                method,
+                path,
+                error=e,
+                identity=identity,
+                cache=e.cache,  # type: ignore[arg-type]
+                latency=e.review_latency_ms,
+                authorization=record,
+            )
+            if self._generic:
+                raise e.generic() from None
+            raise
+        record["decision"], record["reason"] = "allowed", decision.reason
+        self._decided(
+            "allow", remote_addr, method, path, identity=identity, cache=cache, latency=latency, authorization=record
+        )
 
     def _chain(self, header: str | None) -> tuple[Identity, CacheResult | None, float | None]:
         token = bearer_token(header, check_format=self.cache is None)
@@ -236,15 +311,19 @@ class Authenticator:
         method: str | None,
         path: str | None,
         *,
-        error: AuthError | RateLimited | None = None,
+        error: AuthError | RateLimited | AccessDenied | AuthzUnavailable | None = None,
         identity: Identity | None = None,
         cache: CacheResult | None = None,
         latency: float | None = None,
+        authorization: dict[str, Any] | None = None,
     ) -> None:
         """Count the decision, and write its audit record when anyone listens."""
         reason = error.reason if error is not None else None
         if self.metrics is not None:
-            self.metrics.requests.inc(result, reason or "ok")
+            if authorization is None:
+                self.metrics.requests.inc(result, reason or "ok")
+            else:
+                self.metrics.authorization.inc(authorization["decision"])
         if not audit_logger.isEnabledFor(logging.INFO):
             return
         record = AuditRecord(
@@ -259,6 +338,7 @@ class Authenticator:
             auth_method=identity.method if identity is not None else None,
             cache=cache,
             review_latency_ms=latency,
+            authorization=authorization,
             pod_name=identity.pod_name if identity is not None else None,
         )
         fields = asdict(record)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from flask_bindcar.errors import ConfigError
 from flask_bindcar.identity import split_service_account
 from flask_bindcar.ratelimit import Limit, parse_limit
+from flask_bindcar.rbac import RBAC
 
 logger = logging.getLogger("flask_bindcar")
 
@@ -208,6 +209,18 @@ def _paths(name: str, raw: Any) -> frozenset[str]:
     return frozenset(_parse_list(name, raw, what="URL paths starting with /", valid=lambda p: p.startswith("/")))
 
 
+def _authz(name: str, raw: Any) -> RBAC | None:
+    """An `RBAC` (keyword or ``app.config``), or ``path`` for the request path, or ``none``."""
+    if isinstance(raw, RBAC):
+        return raw
+    value = str(raw).strip().lower()
+    if value == "path":
+        return RBAC(path=True)
+    if value in ("none", "off"):
+        return None
+    raise _bad(name, raw, "'path', 'none' or (in code) an RBAC(...)")
+
+
 def _text(name: str, raw: Any) -> str:
     value = str(raw).strip()
     if not value:
@@ -261,6 +274,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("failure_limit", "BINDCAR_AUTH_FAILURE_LIMIT", "BIND_AUTH_FAILURE_LIMIT", None, parse_limit),
     Setting("error_detail", "BINDCAR_AUTH_ERROR_DETAIL", "BIND_AUTH_ERROR_DETAIL", "full", _error_detail),
+    Setting("rbac", "BINDCAR_AUTHZ", "BIND_AUTHZ", None, _authz),
+    Setting("authz_cache_allowed_ttl", "BINDCAR_AUTHZ_CACHE_ALLOWED_TTL", "BIND_AUTHZ_CACHE_ALLOWED_TTL", 10.0, _ttl),
+    Setting("authz_cache_denied_ttl", "BINDCAR_AUTHZ_CACHE_DENIED_TTL", "BIND_AUTHZ_CACHE_DENIED_TTL", 10.0, _ttl),
+    Setting("authz_cache_size", "BINDCAR_AUTHZ_CACHE_SIZE", "BIND_AUTHZ_CACHE_SIZE", 10000, _size),
     Setting("kubeconfig", "BINDCAR_KUBECONFIG", "KUBECONFIG", None, _text),
     Setting("kube_api_server", None, "KUBE_API_SERVER", None, _text),
     Setting("kube_token_path", None, "KUBE_TOKEN_PATH", None, _text),
@@ -307,6 +324,11 @@ class AuthConfig:
     review_max_inflight: int = DEFAULT_MAX_INFLIGHT
     failure_limit: Limit | None = None
     error_detail: ErrorDetail = "full"
+    rbac: RBAC | None = None
+    """What every protected view needs by RBAC, unless it names its own (``BIND_AUTHZ=path``)."""
+    authz_cache_allowed_ttl: float = 10.0
+    authz_cache_denied_ttl: float = 10.0
+    authz_cache_size: int = 10000
     kubeconfig: str | None = None
     kube_api_server: str | None = None
     kube_token_path: str | None = None
@@ -356,6 +378,11 @@ class AuthConfig:
         return config
 
     def _check_combination(self) -> None:
+        if self.rbac is not None and self.mode != "tokenreview":
+            raise ConfigError(
+                f"{self.sources['rbac'][1]} asks for a SubjectAccessReview of the caller, which needs "
+                f"{self.sources['mode'][1]}=tokenreview: Basic mode does not know who the caller is"
+            )
         if self.require_pod and self.mode != "tokenreview":
             raise ConfigError(
                 f"{self.sources['require_pod'][1]}=true needs {self.sources['mode'][1]}=tokenreview: in Basic mode "
@@ -430,6 +457,8 @@ class AuthConfig:
                 value = list(value)
             elif isinstance(value, Limit):
                 value = str(value)
+            elif isinstance(value, RBAC):
+                value = value.summary()
             out[f.name] = value
         return out
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from werkzeug.exceptions import TooManyRequests, Unauthorized
+from werkzeug.exceptions import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -37,6 +37,12 @@ NOT_POD_BOUND = "token is not bound to a pod"
 TOO_MANY_FAILURES = "Too many failed authentication attempts"
 GENERIC_MESSAGE = "Unauthorized"
 """The one body of every 401 with ``BIND_AUTH_ERROR_DETAIL=generic``, as bindcar's releases answer."""
+FORBIDDEN = "Forbidden: {username} cannot {verb} {what}"
+GENERIC_FORBIDDEN = "Forbidden"
+AUTHZ_UNAVAILABLE = "Authorization unavailable: SubjectAccessReview API call failed: {why}"
+GENERIC_AUTHZ_UNAVAILABLE = "Authorization unavailable"
+AUTHZ_RETRY_AFTER = 1
+"""Seconds a client is told to wait after a 503: an outage of the authorizer says nothing of the caller."""
 
 # Reasons (short labels for logs and metrics) of failures to get an answer from the API server.
 # Those in TRANSIENT_REASONS are outages, during which a recent review may be reused when
@@ -154,7 +160,70 @@ class RateLimited(TooManyRequests):
         return [("Content-Type", "application/json"), ("Retry-After", str(self.seconds))]
 
 
-BindcarError = (AuthError, RateLimited)
+class AccessDenied(Forbidden):
+    """403 for an authenticated caller that RBAC does not allow: ``Forbidden: <user> cannot <verb> <what>``.
+
+    The SubjectAccessReview's ``status.reason`` is kept in `review_reason` for the log and the
+    audit record, never in the body.
+    """
+
+    review_reason: str | None = None
+    cache: str | None = None
+    review_latency_ms: float | None = None
+
+    def __init__(self, message: str, *, reason: str = "rbac_denied"):
+        super().__init__(description=message)
+        self.message = message
+        self.reason = reason
+
+    def generic(self) -> AccessDenied:
+        """The same denial as ``{"error": "Forbidden"}`` (``BIND_AUTH_ERROR_DETAIL=generic``)."""
+        error = AccessDenied(GENERIC_FORBIDDEN, reason=self.reason)
+        error.review_reason, error.cache = self.review_reason, self.cache
+        error.review_latency_ms = self.review_latency_ms
+        return error
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
+        return json.dumps({"error": self.message})
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", "application/json"),
+            ("WWW-Authenticate", f'Bearer realm="{REALM}", error="insufficient_scope"'),
+        ]
+
+
+class AuthzUnavailable(ServiceUnavailable):
+    """503 when no SubjectAccessReview answer can be had: not a verdict on the caller, so ``Retry-After``."""
+
+    cache: str | None = None
+    review_latency_ms: float | None = None
+
+    def __init__(self, why: str, *, reason: str):
+        message = AUTHZ_UNAVAILABLE.format(why=why)
+        super().__init__(description=message, retry_after=AUTHZ_RETRY_AFTER)
+        self.message = message
+        self.why = why
+        self.reason = reason
+
+    def generic(self) -> AuthzUnavailable:
+        """The same outage as ``{"error": "Authorization unavailable"}`` (``BIND_AUTH_ERROR_DETAIL=generic``)."""
+        error = AuthzUnavailable(self.why, reason=self.reason)
+        error.message = GENERIC_AUTHZ_UNAVAILABLE
+        return error
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
+        return json.dumps({"error": self.message})
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Retry-After", str(AUTHZ_RETRY_AFTER))]
+
+
+BindcarError = (AuthError, RateLimited, AccessDenied, AuthzUnavailable)
 """What the adapters answer a request with instead of passing it on."""
 
 

@@ -19,12 +19,15 @@ from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_acc
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.doctor import Route
 from flask_bindcar.identity import ENVIRON_KEY, Identity, put_in_environ
+from flask_bindcar.rbac import RBAC
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXEMPT_ATTR = "_bindcar_exempt"
 POLICY_ATTR = "_bindcar_policy"
 """Set on `auth_required` views: their own (namespaces, service_accounts), for ``flask bindcar review``."""
+REQUIRED_ATTR = "_bindcar_required"
+"""Set on `auth_required` views: they make their own RBAC check, so the hook leaves it to them."""
 
 
 def _get_identity() -> Identity | None:
@@ -90,6 +93,7 @@ class _Guard:
         self.auth = auth
         self.exempt_paths = auth.config.exempt_paths
         self._exempt_endpoints: dict[str, bool] = {}
+        self._own_rbac: dict[str | None, bool] = {}
 
     def __call__(self) -> Response | None:
         req = request._get_current_object()  # type: ignore[attr-defined]
@@ -105,7 +109,15 @@ class _Guard:
                 return None
             if is_cors_preflight(req.environ):
                 return self.app.make_default_options_response()
-        _authenticate(self.auth, req)
+        identity = _authenticate(self.auth, req)
+        rbac = self.auth.config.rbac
+        if rbac is not None:
+            own = self._own_rbac.get(endpoint)
+            if own is None:
+                view = self.app.view_functions.get(endpoint) if endpoint is not None else None
+                own = self._own_rbac[endpoint] = bool(getattr(view, REQUIRED_ATTR, False))
+            if not own:
+                _check_rbac(self.auth, identity, rbac, req)
         return None
 
 
@@ -120,6 +132,12 @@ def _authenticate(auth: Authenticator, req: Request) -> Identity:
     )
     put_in_environ(req.environ, identity)
     return identity
+
+
+def _check_rbac(auth: Authenticator, identity: Identity, rbac: RBAC, req: Request) -> None:
+    auth.check_access(
+        identity, rbac, method=req.method, path=req.path, view_args=req.view_args, remote_addr=req.remote_addr
+    )
 
 
 def _extension() -> BindcarAuth:
@@ -138,6 +156,7 @@ def auth_required(
     *,
     namespaces: Iterable[str] | str | None = None,
     service_accounts: Iterable[str] | str | None = None,
+    rbac: RBAC | None = None,
     require_pod: bool = False,
 ) -> Callable[[F], F]: ...
 
@@ -147,13 +166,16 @@ def auth_required(
     *,
     namespaces: Iterable[str] | str | None = None,
     service_accounts: Iterable[str] | str | None = None,
+    rbac: RBAC | None = None,
     require_pod: bool = False,
 ) -> F | Callable[[F], F]:
     """Require an authenticated caller for this view, even with ``BINDCAR_PROTECT_ALL = False``.
 
     With arguments it adds a stricter policy on top of the app's: the caller's namespace must be
     in ``namespaces`` and its username in ``service_accounts``
-    (``system:serviceaccount:<ns>:<name>``), with the seed's messages when not. ``require_pod``
+    (``system:serviceaccount:<ns>:<name>``), with the seed's messages when not. ``rbac``
+    asks the API server whether the caller may do what it describes (a SubjectAccessReview,
+    403 when not); without it the app-wide ``BINDCAR_AUTHZ``, if any, applies. ``require_pod``
     accepts only a token bound to a pod (``Token validation failed: token is not bound to a pod``
     when not). Works on async views too.
     """
@@ -165,7 +187,7 @@ def auth_required(
     )
     if view is None:
         return functools.partial(
-            auth_required, namespaces=allowed_ns, service_accounts=allowed_sa, require_pod=require_pod
+            auth_required, namespaces=allowed_ns, service_accounts=allowed_sa, rbac=rbac, require_pod=require_pod
         )
 
     @functools.wraps(view)
@@ -183,9 +205,13 @@ def auth_required(
                 require_pod=require_pod,
                 **_request_info(req),
             )
+        rules = rbac if rbac is not None else auth.config.rbac
+        if rules is not None:
+            _check_rbac(auth, identity, rules, req)
         return current_app.ensure_sync(view)(*args, **kwargs)
 
     setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa))
+    setattr(wrapper, REQUIRED_ATTR, True)
     return wrapper
 
 

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +45,13 @@ from flask_bindcar.errors import (
 )
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient, AuthenticationV1Api, Configuration
+    from kubernetes.client import ApiClient, AuthenticationV1Api, AuthorizationV1Api, Configuration
 
 logger = logging.getLogger("flask_bindcar")
 
 TOKEN_REVIEW_API_VERSION = "authentication.k8s.io/v1"
+Failed = Callable[[str, str], Exception]
+"""Builds the error raised when a call gets no answer, from the why (for the message) and the reason label."""
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
 MAX_RESPONSE_BYTES = 1 << 20
@@ -389,6 +391,7 @@ class KubeTokenReviewer:
         self._config = config
         self._lock = threading.Lock()
         self._api: AuthenticationV1Api | None = None
+        self._authz: AuthorizationV1Api | None = None
         self._pid: int | None = None
         self.source: str | None = None
         """Where the client's configuration came from, once built."""
@@ -411,11 +414,18 @@ class KubeTokenReviewer:
                 logger.info("Kubernetes client created from %s", source)
             return self._api
 
+    def authorization_api(self) -> AuthorizationV1Api:
+        """The SubjectAccessReview API on the same per-process client."""
+        api = self.api()
+        authz = self._authz
+        if authz is None or authz.api_client is not api.api_client:
+            from kubernetes.client import AuthorizationV1Api
+
+            authz = self._authz = AuthorizationV1Api(api.api_client)
+        return authz
+
     def review(self, token: str, audiences: Sequence[str]) -> ReviewOutcome:
         """Ask the API server about ``token``. Raises `AuthError` when no answer can be had."""
-        import urllib3
-        from kubernetes.client.exceptions import ApiException, OpenApiException
-
         api = self.api()
         body = {
             "apiVersion": TOKEN_REVIEW_API_VERSION,
@@ -423,31 +433,64 @@ class KubeTokenReviewer:
             "spec": {"token": token, "audiences": list(audiences)},
         }
         timeout = self._config.review_timeout
-        deadline = _deadline.set(time.monotonic() + timeout)
-        try:
-            # A plain dict body and the raw response: no model round trip, and the JSON is ours to check.
-            response: Any = api.create_token_review(
+        # A plain dict body and the raw response: no model round trip, and the JSON is ours to check.
+        data = call_api(
+            lambda: api.create_token_review(
                 body=body,  # type: ignore[arg-type]
                 _request_timeout=timeout,
                 _preload_content=False,
-            )
-            data = response.data
-        except ResponseRefused as e:
-            raise _bad(scrub(str(e), token)) from None
-        except ApiException as e:
-            status = e.status or 0
-            reason = API_SERVER_ERROR if status >= 500 else API_UNREACHABLE if status == 0 else API_REJECTED
-            raise _api_failed(_describe_api_exception(e, token), reason) from None
-        except urllib3.exceptions.NewConnectionError as e:  # before TimeoutError: it subclasses it
-            host = api.api_client.configuration.host
-            raise _api_failed(f"cannot connect to {host}: {scrub(str(e), token)}", API_UNREACHABLE) from None
-        except (urllib3.exceptions.TimeoutError, TimeoutError):
-            raise _api_failed(f"no answer within {timeout:g}s", API_UNREACHABLE) from None
-        except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as e:
-            raise _api_failed(f"{type(e).__name__}: {scrub(str(e), token)}", API_UNREACHABLE) from None
-        except Exception as e:  # a client bug must still end in the documented 401, not a 500
-            log_unexpected("the Kubernetes client", e)
-            raise _bad(type(e).__name__) from None
-        finally:
-            _deadline.reset(deadline)
+            ),
+            host=api.api_client.configuration.host,
+            timeout=timeout,
+            secret=token,
+            failed=_api_failed,
+        )
         return parse_review(data, token)
+
+    def access_review(self, body: Mapping[str, Any], failed: Failed) -> bytes:
+        """POST a SubjectAccessReview ``body``: the raw answer, or ``failed(why, reason)`` raised."""
+        api = self.authorization_api()
+        timeout = self._config.review_timeout
+        return call_api(
+            lambda: api.create_subject_access_review(
+                body=body,  # type: ignore[arg-type]
+                _request_timeout=timeout,
+                _preload_content=False,
+            ),
+            host=api.api_client.configuration.host,
+            timeout=timeout,
+            secret="",
+            failed=failed,
+        )
+
+
+def call_api(call: Callable[[], Any], *, host: str, timeout: float, secret: str, failed: Failed) -> bytes:
+    """The body of one call of the client within a whole-call deadline of ``timeout`` seconds.
+
+    Whatever goes wrong raises ``failed(why, reason)``, never another exception; ``why`` is
+    scrubbed of ``secret`` (the token under review, if any).
+    """
+    import urllib3
+    from kubernetes.client.exceptions import ApiException, OpenApiException
+
+    deadline = _deadline.set(time.monotonic() + timeout)
+    try:
+        response: Any = call()
+        return bytes(response.data)
+    except ResponseRefused as e:
+        raise failed(scrub(str(e), secret), API_BAD_RESPONSE) from None
+    except ApiException as e:
+        status = e.status or 0
+        reason = API_SERVER_ERROR if status >= 500 else API_UNREACHABLE if status == 0 else API_REJECTED
+        raise failed(_describe_api_exception(e, secret), reason) from None
+    except urllib3.exceptions.NewConnectionError as e:  # before TimeoutError: it subclasses it
+        raise failed(f"cannot connect to {host}: {scrub(str(e), secret)}", API_UNREACHABLE) from None
+    except (urllib3.exceptions.TimeoutError, TimeoutError):
+        raise failed(f"no answer within {timeout:g}s", API_UNREACHABLE) from None
+    except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as e:
+        raise failed(f"{type(e).__name__}: {scrub(str(e), secret)}", API_UNREACHABLE) from None
+    except Exception as e:  # a client bug must still end in the documented answer, not a 500
+        log_unexpected("the Kubernetes client", e)
+        raise failed(type(e).__name__, API_BAD_RESPONSE) from None
+    finally:
+        _deadline.reset(deadline)

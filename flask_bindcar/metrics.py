@@ -125,13 +125,21 @@ class Metrics:
             "bindcar_auth_requests", "Authentication decisions by result and reason.", ("result", "reason")
         )
         self.cache = ShardedCounter("bindcar_tokenreview_cache", "TokenReview cache lookups by outcome.", ("outcome",))
-        REGISTRY.register(_ShardedCollector([self.requests, self.cache]))
+        self.authorization = ShardedCounter(
+            "bindcar_authorization", "Authorization (SubjectAccessReview) decisions by result.", ("result",)
+        )
+        REGISTRY.register(_ShardedCollector([self.requests, self.cache, self.authorization]))
         self.review_duration: Any = Histogram(
             "bindcar_tokenreview_duration_seconds",
             "Duration of TokenReview calls to the Kubernetes API server.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.inflight: Any = Gauge("bindcar_tokenreview_inflight", "TokenReview calls in flight.")
+        self.access_review_duration: Any = Histogram(
+            "bindcar_subjectaccessreview_duration_seconds",
+            "Duration of SubjectAccessReview calls to the Kubernetes API server.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
 
 
 def get_metrics() -> Metrics | None:

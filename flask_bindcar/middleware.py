@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.credentials import is_cors_preflight
-from flask_bindcar.errors import BindcarError
+from flask_bindcar.errors import BindcarError, ConfigError
 from flask_bindcar.identity import ENVIRON_KEY, put_in_environ
 
 if TYPE_CHECKING:
@@ -37,6 +37,11 @@ class BindcarMiddleware:
     def __init__(self, app: WSGIApplication, **overrides: Any):
         self.app = app
         self.config = AuthConfig.load(overrides)
+        if self.config.rbac is not None and self.config.rbac.view_args:
+            raise ConfigError(
+                f"RBAC{self.config.rbac.summary()!r} names view arguments, which only a Flask route has: "
+                "give the WSGI middleware a fixed namespace and name, or path=True"
+            )
         self.authenticator = Authenticator(self.config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -50,6 +55,14 @@ class BindcarMiddleware:
                 path=environ.get("PATH_INFO"),
             )
             put_in_environ(environ, identity)
+            if self.config.rbac is not None:
+                self.authenticator.check_access(
+                    identity,
+                    self.config.rbac,
+                    method=environ.get("REQUEST_METHOD", "GET"),
+                    path=environ.get("PATH_INFO", "") or "/",
+                    remote_addr=environ.get("REMOTE_ADDR"),
+                )
         except BindcarError as e:
             return e(environ, start_response)
         return self.app(environ, start_response)

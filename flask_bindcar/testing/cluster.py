@@ -32,6 +32,8 @@ import jwt
 import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from flask_bindcar.testing.rbac import Rule, Rules, SubjectKind, validate
+
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 LEGACY_ISSUER = "kubernetes/serviceaccount"
@@ -46,6 +48,7 @@ authenticated without ``status.audiences`` (as an audience-agnostic authenticato
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def token_hash(token: str) -> str:
@@ -187,6 +190,14 @@ class FakeCluster:
         """POSTs to the TokenReview endpoint, whatever their answer."""
         self.token_hashes_seen: list[str] = []
         """`token_hash` of each reviewed token, in order."""
+        self.rbac = Rules()
+        """The RBAC rules SubjectAccessReviews are answered by; add to them with `allow`."""
+        self.access_reviews_served = 0
+        """SubjectAccessReviews answered with 201."""
+        self.access_review_requests = 0
+        """POSTs to the SubjectAccessReview endpoint, whatever their answer."""
+        self.access_reviews: list[dict[str, Any]] = []
+        """The ``spec`` of each SubjectAccessReview answered, in order."""
 
         self.caller_token = self.token("dns-system", "bindcar", audiences=[API_AUDIENCE], expires_in=10 * 365 * 86400)
         """A token of the default caller, ``system:serviceaccount:dns-system:bindcar``, which may review."""
@@ -315,6 +326,39 @@ class FakeCluster:
     def can_review(self, username: str) -> bool:
         with self._lock:
             return username in self._reviewers
+
+    def allow(
+        self,
+        subject: str,
+        verb: str | Iterable[str],
+        resource: str | Iterable[str] | None = None,
+        *,
+        group: str | Iterable[str] = "",
+        namespace: str | None = None,
+        name: str | Iterable[str] | None = None,
+        path: str | Iterable[str] | None = None,
+        binding: str | None = None,
+        kind: SubjectKind | None = None,
+    ) -> Rule:
+        """Let ``subject`` (a username or a group) ``verb`` a resource or a path, as an RBAC rule would.
+
+        ``resource`` may be ``"*"``, ``"zones/status"`` or ``"*/status"``; ``group`` and ``verb`` may
+        be ``"*"``; ``name`` becomes ``resourceNames``; ``path`` is a ``nonResourceURLs`` entry
+        (``"/api/*"`` matches by prefix). With ``namespace`` it is a Role and RoleBinding there,
+        without it a ClusterRole and ClusterRoleBinding, both named ``binding`` (generated when not
+        given). ``kind`` overrides how the subject is read (`flask_bindcar.testing.rbac.subject_kind`).
+        """
+        return self.rbac.allow(
+            subject,
+            verb,
+            resource,
+            group=group,
+            namespace=namespace,
+            name=name,
+            path=path,
+            binding=binding,
+            kind=kind,
+        )
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -514,6 +558,24 @@ class FakeCluster:
             self.review_requests += 1
             if token:
                 self.token_hashes_seen.append(token_hash(token))
+
+
+def _groups_of(username: str) -> list[str]:
+    """The groups kube-apiserver gives a caller of this stand-in."""
+    if username.startswith(SA_PREFIX):
+        namespace = username[len(SA_PREFIX) :].split(":")[0]
+        return ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]
+    return ["system:authenticated"]
+
+
+def _auth_delegator_reason(username: str) -> str:
+    """The reason RBAC gives for a review a reviewer may create (bound to ``system:auth-delegator``)."""
+    if username.startswith(SA_PREFIX):
+        namespace, _, name = username[len(SA_PREFIX) :].partition(":")
+        who = f'ServiceAccount "{name}/{namespace}"'
+    else:
+        who = f'User "{username}"'
+    return f'RBAC: allowed by ClusterRoleBinding "bindcar-tokenreview" of ClusterRole "system:auth-delegator" to {who}'
 
 
 _CORE_ROUTE = re.compile(
@@ -774,6 +836,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._token_review(raw)
         elif route == SSAR_PATH:
             self._self_subject_access_review(raw)
+        elif route == SAR_PATH:
+            self._subject_access_review(raw)
         else:
             self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
 
@@ -987,6 +1051,50 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _subject_access_review(self, raw: bytes) -> None:
+        """SubjectAccessReview as kube-apiserver answers it: caller RBAC, validation, then the rules."""
+        cluster = self.cluster
+        with cluster._lock:
+            cluster.access_review_requests += 1
+        if self._apply_fault():
+            return
+        caller = cluster._caller(self.headers.get("Authorization"))
+        if caller is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        if not cluster.can_review(caller):
+            message = (
+                f'subjectaccessreviews.authorization.k8s.io is forbidden: User "{caller}" cannot create resource '
+                '"subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope'
+            )
+            details = {"group": "authorization.k8s.io", "kind": "subjectaccessreviews"}
+            self._send_json(403, _status(403, "Forbidden", message, details))
+            return
+        review = self._decode(raw, "SubjectAccessReview")
+        if review is None:
+            return
+        spec = review["spec"]
+        invalid = validate(spec)
+        if invalid is not None:
+            self._send_json(422, _status(422, "Invalid", invalid, {"group": "authorization.k8s.io"}))
+            return
+        if cluster.latency:
+            cluster._stopping.wait(cluster.latency)
+        status = cluster.rbac.decide(spec)
+        with cluster._lock:
+            cluster.access_reviews_served += 1
+            cluster.access_reviews.append(spec)
+        self._send_json(
+            201,
+            {
+                "kind": "SubjectAccessReview",
+                "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": status,
+            },
+        )
+
     def _self_subject_access_review(self, raw: bytes) -> None:
         if self._apply_fault():
             return
@@ -998,15 +1106,15 @@ class _Handler(BaseHTTPRequestHandler):
         if review is None:
             return
         attrs = review["spec"].get("resourceAttributes") or {}
-        asks_review = (
-            attrs.get("group") == "authentication.k8s.io"
-            and attrs.get("resource") == "tokenreviews"
-            and attrs.get("verb") == "create"
+        asks_review = attrs.get("verb") == "create" and (attrs.get("group"), attrs.get("resource")) in (
+            ("authentication.k8s.io", "tokenreviews"),
+            ("authorization.k8s.io", "subjectaccessreviews"),
         )
-        allowed = asks_review and self.cluster.can_review(caller)
-        status: dict[str, Any] = {"allowed": allowed}
-        if allowed:
-            status["reason"] = f'RBAC: allowed by ClusterRoleBinding "bindcar-tokenreview" to User "{caller}"'
+        status: dict[str, Any]
+        if asks_review and self.cluster.can_review(caller):
+            status = {"allowed": True, "reason": _auth_delegator_reason(caller)}
+        else:
+            status = self.cluster.rbac.decide({**review["spec"], "user": caller, "groups": _groups_of(caller)})
         self._send_json(
             201,
             {

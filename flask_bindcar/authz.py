@@ -1,0 +1,228 @@
+"""Authorization by Kubernetes RBAC: a SubjectAccessReview of the caller, cached, one call at a time.
+
+Modelled on kube-rbac-proxy and kube-apiserver's delegated authorizer: the attributes come from
+the request (`flask_bindcar.rbac`), the question goes to the API server as a SubjectAccessReview
+with the caller's username, uid, groups and extra exactly as the TokenReview returned them, and
+the answer is cached, allowed and denied answers each for their own TTL. A review that cannot be
+made (API down, slow, failing, the bulkhead full) is `AuthzUnavailable`, a 503 that is never
+cached: it says nothing of the caller.
+
+The call goes through `KubeTokenReviewer.access_review`, so it has the TokenReview's client, its
+whole-call deadline, its answer cap, and its share of the same bulkhead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from flask_bindcar.cache import CacheResult
+from flask_bindcar.config import AuthConfig
+from flask_bindcar.errors import (
+    API_BAD_RESPONSE,
+    API_OVERLOADED,
+    API_UNREACHABLE,
+    FORBIDDEN,
+    AccessDenied,
+    AuthError,
+    AuthzUnavailable,
+)
+from flask_bindcar.identity import Identity
+from flask_bindcar.kube import MAX_SERVER_TEXT, KubeTokenReviewer, log_unexpected, scrub
+from flask_bindcar.metrics import Metrics
+from flask_bindcar.rbac import Attributes
+
+SAR_API_VERSION = "authorization.k8s.io/v1"
+NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview (Basic mode does not know who the caller is)"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the API server said: ``status.allowed``, and ``status.reason`` for the log only."""
+
+    allowed: bool
+    reason: str | None = None
+
+
+def _unavailable(why: str, reason: str) -> AuthzUnavailable:
+    return AuthzUnavailable(why[: 2 * MAX_SERVER_TEXT], reason=reason)
+
+
+def parse_access_review(data: bytes) -> Decision:
+    """The decision of a SubjectAccessReview answer; `AuthzUnavailable` when it is not one.
+
+    ``allowed`` must be JSON ``true`` and ``denied`` not ``true``; anything else denies.
+    ``status.evaluationError`` joins the reason: the authorizer had trouble, and said no.
+    """
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise _unavailable("response is nested too deeply", API_BAD_RESPONSE) from None
+    except ValueError:
+        raise _unavailable("response is not JSON", API_BAD_RESPONSE) from None
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if not isinstance(status, dict):
+        raise _unavailable("response is not a SubjectAccessReview with a status", API_BAD_RESPONSE)
+    texts = [status.get("reason"), status.get("evaluationError")]
+    reason = "; ".join(scrub(t, "") for t in texts if isinstance(t, str) and t) or None
+    return Decision(allowed=status.get("allowed") is True and status.get("denied") is not True, reason=reason)
+
+
+def subject(identity: Identity) -> dict[str, Any]:
+    """The caller as a SubjectAccessReview names it: exactly what the TokenReview returned."""
+    spec: dict[str, Any] = {"user": identity.username}
+    if identity.uid:
+        spec["uid"] = identity.uid
+    if identity.groups:
+        spec["groups"] = list(identity.groups)
+    if identity.extra:
+        spec["extra"] = {k: list(v) for k, v in identity.extra.items()}
+    return spec
+
+
+class _Flight:
+    __slots__ = ("decision", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.decision: Decision | None = None
+        self.error: AuthzUnavailable | None = None
+
+
+class DecisionCache:
+    """Bounded LRU of decisions by (caller, attributes), allowed and denied for their own TTLs,
+    with single flight: concurrent identical questions share one review. Outages are not stored."""
+
+    def __init__(self, *, allowed_ttl: float, denied_ttl: float, max_size: int, wait_timeout: float):
+        self.allowed_ttl = allowed_ttl
+        self.denied_ttl = denied_ttl
+        self.max_size = max_size
+        self.wait_timeout = wait_timeout
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, tuple[Decision, float]] = OrderedDict()
+        self._flights: dict[Hashable, _Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_or_review(self, key: Hashable, review: Callable[[], Decision]) -> tuple[Decision, CacheResult]:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if now < entry[1]:
+                    self._entries.move_to_end(key)
+                    return entry[0], "hit"
+                del self._entries[key]
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(self.wait_timeout):
+                raise _unavailable(f"no answer within {self.wait_timeout:g}s", API_UNREACHABLE)
+            if flight.error is not None:
+                raise flight.error
+            if flight.decision is None:  # the leader was stopped by a BaseException (a killed greenlet)
+                raise _unavailable("the review was abandoned", API_UNREACHABLE)
+            return flight.decision, "shared"
+        try:
+            decision = review()
+            flight.decision = decision
+            ttl = self.allowed_ttl if decision.allowed else self.denied_ttl
+            if ttl > 0:
+                with self._lock:
+                    self._entries[key] = (decision, time.monotonic() + ttl)
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.max_size:
+                        self._entries.popitem(last=False)
+            return decision, "miss"
+        except AuthzUnavailable as e:
+            flight.error = e
+            raise
+        except Exception as e:
+            log_unexpected("a SubjectAccessReview", e)
+            flight.error = _unavailable(type(e).__name__, API_BAD_RESPONSE)
+            raise flight.error from None
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
+
+class Authorizer:
+    """Asks whether an authenticated caller may do what a request needs; raises when not.
+
+    ``slots`` is the bulkhead shared with TokenReview: one bound on the calls this process has
+    waiting on the API server.
+    """
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        reviewer: KubeTokenReviewer,
+        slots: threading.BoundedSemaphore,
+        metrics: Metrics | None,
+    ):
+        self.config = config
+        self.reviewer = reviewer
+        self.slots = slots
+        self.metrics = metrics
+        self.cache = DecisionCache(
+            allowed_ttl=config.authz_cache_allowed_ttl,
+            denied_ttl=config.authz_cache_denied_ttl,
+            max_size=config.authz_cache_size,
+            wait_timeout=config.review_timeout,
+        )
+
+    def check(self, identity: Identity, attributes: Attributes) -> tuple[Decision, CacheResult, float | None]:
+        """The decision, how the cache answered and the review's latency in ms (None on a hit).
+
+        Raises `AccessDenied` (with the decision's reason kept apart from the body) or
+        `AuthzUnavailable`.
+        """
+        key = (identity.username, identity.uid, identity.groups, _extra_key(identity), attributes)
+        started = time.perf_counter()
+        try:
+            decision, cache = self.cache.get_or_review(key, lambda: self._review(identity, attributes))
+        except AuthzUnavailable as e:
+            e.review_latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            raise
+        latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
+        if not decision.allowed:
+            denied = AccessDenied(
+                FORBIDDEN.format(username=identity.username, verb=attributes.verb, what=attributes.describe())
+            )
+            denied.review_reason, denied.cache, denied.review_latency_ms = decision.reason, cache, latency
+            raise denied
+        return decision, cache, latency
+
+    def _review(self, identity: Identity, attributes: Attributes) -> Decision:
+        """One SubjectAccessReview, if a slot of the bulkhead is free."""
+        if not self.slots.acquire(blocking=False):
+            raise _unavailable(f"{self.config.review_max_inflight} reviews already in flight", API_OVERLOADED)
+        started = time.perf_counter()
+        try:
+            body = {
+                "apiVersion": SAR_API_VERSION,
+                "kind": "SubjectAccessReview",
+                "spec": {**subject(identity), **attributes.spec()},
+            }
+            try:
+                data = self.reviewer.access_review(body, _unavailable)
+            except AuthError as e:  # the client could not be built
+                raise _unavailable(e.message.removeprefix("Token validation failed: "), e.reason) from None
+            return parse_access_review(data)
+        finally:
+            self.slots.release()
+            if self.metrics is not None:
+                self.metrics.access_review_duration.observe(time.perf_counter() - started)
+
+
+def _extra_key(identity: Identity) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted(identity.extra.items())) if identity.extra else ()

@@ -1,0 +1,717 @@
+"""Authorization by RBAC (issue 12): SubjectAccessReview per route, cached, through both adapters.
+
+The RBAC scenarios run on FakeCluster and on a real kube-apiserver (``--cluster``) from one
+table: `grant` writes the same permission as ``FakeCluster.allow`` or as a real Role (or
+ClusterRole) and binding. The real answers are the truth; FakeCluster follows them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask, jsonify
+from werkzeug.test import Client
+
+from flask_bindcar import RBAC, AuthConfig, BindcarAuth, BindcarMiddleware, auth_required, current_identity
+from flask_bindcar.errors import ConfigError
+from flask_bindcar.testing import FakeCluster, RealCluster
+from flask_bindcar.testing.real import ApiError
+from tests.gunicorn_server import TARGETS
+
+Cluster = FakeCluster | RealCluster
+GROUP = "bindcar.firestoned.io"
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+INSUFFICIENT = 'Bearer realm="bindcar", error="insufficient_scope"'
+UNAVAILABLE = "Authorization unavailable: SubjectAccessReview API call failed: "
+
+
+@pytest.fixture(scope="module")
+def shared_fake() -> Iterator[FakeCluster]:
+    """One FakeCluster for the tests that only add state (fresh namespaces, rules): starting one costs."""
+    with FakeCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.cluster)])
+def any_cluster(request: pytest.FixtureRequest) -> Cluster:
+    if request.param == "fake":
+        return request.getfixturevalue("shared_fake")  # type: ignore[no-any-return]
+    return request.getfixturevalue("real_cluster")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def kubeconfig(any_cluster: Cluster, tmp_path: Path) -> Path:
+    return any_cluster.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+# -- granting the same permission on both clusters ---------------------------------------------
+
+
+def _list(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def grant(
+    cluster: Cluster,
+    subject: str,
+    verb: str,
+    resource: str | None = None,
+    *,
+    group: str = "",
+    namespace: str | None = None,
+    name: str | list[str] | None = None,
+    path: str | None = None,
+    probe: dict[str, Any] | None = None,
+) -> str:
+    """Give ``subject`` (a ServiceAccount's username, a user or a group) a permission; the binding's name.
+
+    On a real cluster: a Role and RoleBinding in ``namespace``, or a ClusterRole and
+    ClusterRoleBinding, of the same name; then wait until RBAC answers ``probe`` (a SAR spec) yes.
+    """
+    binding = f"rbac-{uuid.uuid4().hex[:8]}"
+    if isinstance(cluster, FakeCluster):
+        cluster.allow(subject, verb, resource, group=group, namespace=namespace, name=name, path=path, binding=binding)
+        return binding
+    rule: dict[str, Any] = {"verbs": [verb]}
+    if path is not None:
+        rule["nonResourceURLs"] = [path]
+    else:
+        rule.update(apiGroups=[group], resources=[resource])
+        if name is not None:
+            rule["resourceNames"] = _list(name)
+    if subject.startswith("system:serviceaccount:"):
+        ns, sa = subject.removeprefix("system:serviceaccount:").split(":")
+        who: dict[str, str] = {"kind": "ServiceAccount", "name": sa, "namespace": ns}
+    elif subject.startswith(("system:serviceaccounts", "system:authenticated")):
+        who = {"kind": "Group", "name": subject, "apiGroup": "rbac.authorization.k8s.io"}
+    else:
+        who = {"kind": "User", "name": subject, "apiGroup": "rbac.authorization.k8s.io"}
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    role, kind = ("Role", "RoleBinding") if namespace else ("ClusterRole", "ClusterRoleBinding")
+    where = f"{rbac}/namespaces/{namespace}" if namespace else rbac
+    if namespace:
+        try:
+            cluster.api(
+                "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            )
+        except ApiError as e:
+            if e.status != 409:
+                raise
+    meta = {"name": binding}
+    cluster.api(
+        "POST",
+        f"{where}/{role.lower()}s",
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role, "metadata": meta, "rules": [rule]},
+    )
+    cluster.api(
+        "POST",
+        f"{where}/{kind.lower()}s",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": kind,
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": binding},
+            "subjects": [who],
+        },
+    )
+    if probe is not None:
+        deadline = time.monotonic() + 10
+        while not sar(cluster, probe)["status"].get("allowed"):
+            assert time.monotonic() < deadline, f"RBAC did not grant {probe}"
+            time.sleep(0.05)
+    return binding
+
+
+def sar(cluster: Cluster, spec: dict[str, Any], caller: str | None = None) -> dict[str, Any]:
+    """POST a SubjectAccessReview as ``caller`` (default: the app's own caller); the decoded answer."""
+    response = requests.post(
+        cluster.url + SAR_PATH,
+        json={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
+        headers={"Authorization": f"Bearer {caller or cluster.caller_token}"},
+        verify=str(cluster.ca_path),
+        timeout=30,
+    )
+    body: dict[str, Any] = response.json()
+    body["code"] = response.status_code
+    return body
+
+
+# -- the contract: one table, two clusters ---------------------------------------------------
+
+
+@dataclass
+class Scene:
+    """A fresh ServiceAccount, and the names in answers made generic."""
+
+    ns: str
+    sa: str
+    names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.ns}:{self.sa}"
+
+    @property
+    def groups(self) -> list[str]:
+        return ["system:serviceaccounts", f"system:serviceaccounts:{self.ns}", "system:authenticated"]
+
+    def spec(self, **attributes: Any) -> dict[str, Any]:
+        key = "nonResourceAttributes" if "path" in attributes else "resourceAttributes"
+        return {"user": self.user, "groups": self.groups, key: attributes}
+
+    def generic(self, text: str) -> str:
+        for real, placeholder in self.names.items():
+            text = text.replace(real, placeholder)
+        return text
+
+
+def scene(cluster: Cluster) -> Scene:
+    s = Scene(f"ns-{uuid.uuid4().hex[:6]}", f"sa-{uuid.uuid4().hex[:6]}")
+    cluster.create_service_account(s.ns, s.sa)
+    s.names = {s.ns: "<ns>", s.sa: "<sa>"}
+    return s
+
+
+Grant = Callable[[Cluster, Scene], str]
+ZONE = {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"}
+
+
+def _none(c: Cluster, s: Scene) -> str:
+    return ""
+
+
+def _zones_delete(c: Cluster, s: Scene) -> str:
+    return grant(c, s.user, "delete", "zones", group=GROUP, probe=s.spec(**ZONE))
+
+
+def _zones_named(c: Cluster, s: Scene) -> str:
+    return grant(c, s.user, "delete", "zones", group=GROUP, name="example.com", probe=s.spec(**ZONE))
+
+
+def _in_namespace(c: Cluster, s: Scene) -> str:
+    probe = s.spec(**ZONE, namespace=s.ns)
+    return grant(c, s.user, "delete", "zones", group=GROUP, namespace=s.ns, probe=probe)
+
+
+def _to_group(c: Cluster, s: Scene) -> str:
+    return grant(c, f"system:serviceaccounts:{s.ns}", "delete", "zones", group=GROUP, probe=s.spec(**ZONE))
+
+
+def _all_resources(c: Cluster, s: Scene) -> str:
+    return grant(c, s.user, "delete", "*", group=GROUP, probe=s.spec(**ZONE))
+
+
+def _any_status(c: Cluster, s: Scene) -> str:
+    probe = s.spec(verb="update", group=GROUP, resource="zones", subresource="status")
+    return grant(c, s.user, "update", "*/status", group=GROUP, probe=probe)
+
+
+def _path_prefix(c: Cluster, s: Scene) -> str:
+    return grant(c, s.user, "get", path="/zones/*", probe=s.spec(path="/zones/example.com", verb="get"))
+
+
+def _allowed(reason: str) -> dict[str, Any]:
+    return {"code": 201, "status": {"allowed": True, "reason": reason}}
+
+
+DENIED = {"code": 201, "status": {"allowed": False}}
+BY_CRB = 'RBAC: allowed by ClusterRoleBinding "<binding>" of ClusterRole "<binding>" to ServiceAccount "<sa>/<ns>"'
+BY_RB = 'RBAC: allowed by RoleBinding "<binding>/<ns>" of Role "<binding>" to ServiceAccount "<sa>/<ns>"'
+BY_GROUP = (
+    'RBAC: allowed by ClusterRoleBinding "<binding>" of ClusterRole "<binding>" to Group "system:serviceaccounts:<ns>"'
+)
+DISCOVERY = 'RBAC: allowed by ClusterRoleBinding "system:discovery" of ClusterRole "system:discovery" to Group '
+DISCOVERY += '"system:authenticated"'
+
+RBAC_SCENARIOS: dict[str, tuple[Grant, dict[str, Any], dict[str, Any]]] = {
+    "no rule: denied, no reason": (_none, ZONE, DENIED),
+    "ClusterRole for the verb": (_zones_delete, ZONE, _allowed(BY_CRB)),
+    "another verb": (_zones_delete, {**ZONE, "verb": "get"}, DENIED),
+    "another group": (_zones_delete, {**ZONE, "group": ""}, DENIED),
+    "resourceNames: the name": (_zones_named, ZONE, _allowed(BY_CRB)),
+    "resourceNames: another name": (_zones_named, {**ZONE, "name": "other.org"}, DENIED),
+    "resourceNames: a request without a name": (_zones_named, {k: v for k, v in ZONE.items() if k != "name"}, DENIED),
+    "RoleBinding: in its namespace": (_in_namespace, {**ZONE, "namespace": "<ns>"}, _allowed(BY_RB)),
+    "RoleBinding: another namespace": (_in_namespace, {**ZONE, "namespace": "default"}, DENIED),
+    "RoleBinding: cluster scope": (_in_namespace, ZONE, DENIED),
+    "bound to the caller's group": (_to_group, ZONE, _allowed(BY_GROUP)),
+    "resources *: a subresource too": (_all_resources, {**ZONE, "subresource": "status"}, _allowed(BY_CRB)),
+    "*/status: the status of any": (
+        _any_status,
+        {"verb": "update", "group": GROUP, "resource": "records", "subresource": "status"},
+        _allowed(BY_CRB),
+    ),
+    "*/status: not the resource itself": (_any_status, {"verb": "update", "group": GROUP, "resource": "zones"}, DENIED),
+    "path prefix": (_path_prefix, {"path": "/zones/example.com", "verb": "get"}, _allowed(BY_CRB)),
+    "path prefix, another verb": (_path_prefix, {"path": "/zones/example.com", "verb": "delete"}, DENIED),
+    "path outside the prefix": (_path_prefix, {"path": "/records", "verb": "get"}, DENIED),
+    "/api/* is everyone's to get (system:discovery)": (
+        _none,
+        {"path": "/api/v1/zones", "verb": "get"},
+        _allowed(DISCOVERY),
+    ),
+    "/api/* is not everyone's to post": (_none, {"path": "/api/v1/zones", "verb": "post"}, DENIED),
+}
+
+
+@pytest.mark.parametrize("scenario", list(RBAC_SCENARIOS))
+def test_subjectaccessreview_contract(any_cluster: Cluster, scenario: str) -> None:
+    make, attributes, expected = RBAC_SCENARIOS[scenario]
+    s = scene(any_cluster)
+    binding = make(any_cluster, s)
+    if binding:
+        s.names[binding] = "<binding>"
+    attributes = {k: s.generic(v).replace("<ns>", s.ns) if k == "namespace" else v for k, v in attributes.items()}
+    answer = sar(any_cluster, s.spec(**attributes))
+    status = {k: s.generic(v) if isinstance(v, str) else v for k, v in answer["status"].items()}
+    assert {"code": answer["code"], "status": status} == expected
+
+
+def test_caller_without_rbac_may_not_review(any_cluster: Cluster) -> None:
+    s = scene(any_cluster)
+    answer = sar(any_cluster, s.spec(**ZONE), caller=any_cluster.token(s.ns, s.sa))
+    assert (answer["code"], answer["reason"], s.generic(answer["message"])) == (
+        403,
+        "Forbidden",
+        'subjectaccessreviews.authorization.k8s.io is forbidden: User "system:serviceaccount:<ns>:<sa>" cannot '
+        'create resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope',
+    )
+
+
+def test_invalid_review_is_422(any_cluster: Cluster) -> None:
+    s = scene(any_cluster)
+    spec = {**s.spec(**ZONE), "nonResourceAttributes": {"path": "/x", "verb": "get"}}
+    answer = sar(any_cluster, spec)
+    assert (answer["code"], answer["reason"]) == (422, "Invalid")
+    assert "exactly one of nonResourceAttributes or resourceAttributes must be specified" in answer["message"]
+
+
+# -- through both adapters ---------------------------------------------------------------------
+
+ZONE_RBAC = RBAC(resource="zones", group=GROUP, name="{name}")
+
+
+def flask_app(kubeconfig: Path, rbac: RBAC | None = ZONE_RBAC, **settings: Any) -> Client:
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(kubeconfig), **settings)
+
+    @app.route("/zones/<name>", methods=["GET", "DELETE"])
+    @auth_required(rbac=rbac)
+    def zone(name: str) -> Any:
+        return jsonify(zone=name, caller=current_identity.username)
+
+    @app.get("/zones")
+    def zones() -> Any:
+        return jsonify(zones=[], caller=current_identity.username)
+
+    return Client(app)
+
+
+def wsgi_app(kubeconfig: Path, rbac: RBAC | None = None, **settings: Any) -> Client:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"ok": true}']
+
+    rules = rbac or RBAC(resource="zones", group=GROUP, name="example.com")
+    return Client(BindcarMiddleware(app, mode="tokenreview", kubeconfig=str(kubeconfig), rbac=rules, **settings))
+
+
+ADAPTERS = {"flask": flask_app, "wsgi": wsgi_app}
+
+
+def call(client: Client, token: str, method: str = "DELETE", path: str = "/zones/example.com") -> Any:
+    return client.open(path, method=method, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_allowed_sends_exactly_the_callers_attributes(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+    s = scene(any_cluster)
+    pod = f"pod-{uuid.uuid4().hex[:6]}"
+    token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"], pod=pod)
+    grant(any_cluster, s.user, "delete", "zones", group=GROUP, name="example.com", probe=s.spec(**ZONE))
+    seen = len(any_cluster.access_reviews) if isinstance(any_cluster, FakeCluster) else 0
+
+    response = call(ADAPTERS[adapter](kubeconfig), token)
+
+    assert response.status_code == 200
+    if isinstance(any_cluster, FakeCluster):
+        (spec,) = any_cluster.access_reviews[seen:]
+        sa = any_cluster.service_accounts[(s.ns, s.sa)]
+        extra = spec.pop("extra")
+        assert spec == {
+            "user": s.user,
+            "uid": sa.uid,
+            "groups": s.groups,
+            "resourceAttributes": {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"},
+        }
+        assert sorted(extra) == [
+            "authentication.kubernetes.io/credential-id",
+            "authentication.kubernetes.io/pod-name",
+            "authentication.kubernetes.io/pod-uid",
+        ]
+        assert extra["authentication.kubernetes.io/pod-name"] == [pod]
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_denied_is_403_with_insufficient_scope(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+    s = scene(any_cluster)
+    token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
+
+    response = call(ADAPTERS[adapter](kubeconfig), token)
+
+    assert response.status_code == 403
+    assert response.json == {"error": f'Forbidden: {s.user} cannot delete zones.{GROUP} "example.com"'}
+    assert response.headers["WWW-Authenticate"] == INSUFFICIENT
+    assert response.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_path_authorization(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+    s = scene(any_cluster)
+    token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
+    grant(any_cluster, s.user, "delete", path="/zones/*", probe=s.spec(path="/zones/example.com", verb="delete"))
+    client = ADAPTERS[adapter](kubeconfig, rbac=RBAC(path=True))
+
+    assert call(client, token).status_code == 200
+    denied = call(client, token, method="GET")
+    assert denied.status_code == 403
+    assert denied.json == {"error": f"Forbidden: {s.user} cannot get /zones/example.com"}
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "rbac", "verb"),
+    [
+        ("GET", RBAC(resource="zones"), "get"),
+        ("HEAD", RBAC(resource="zones"), "get"),
+        ("POST", RBAC(resource="zones"), "create"),
+        ("PUT", RBAC(resource="zones"), "update"),
+        ("PATCH", RBAC(resource="zones"), "patch"),
+        ("DELETE", RBAC(resource="zones"), "delete"),
+        ("OPTIONS", RBAC(resource="zones"), "options"),
+        ("DELETE", RBAC(resource="zones", verb="deletecollection"), "deletecollection"),
+        ("POST", RBAC(path=True), "post"),
+        ("HEAD", RBAC(path=True), "head"),
+    ],
+)
+def test_verb_from_the_method(method: str, rbac: RBAC, verb: str) -> None:
+    assert rbac.attributes(method, "/zones").verb == verb
+
+
+def test_templates_and_description() -> None:
+    rbac = RBAC(resource="zones", group=GROUP, subresource="status", namespace="{ns}", name="{name}")
+    attributes = rbac.attributes("PUT", "/x", {"ns": "dns-system", "name": "example.com"})
+    assert attributes.describe() == f'zones.{GROUP}/status "example.com" in namespace dns-system'
+    assert RBAC(resource="pods").attributes("GET", "/").describe() == "pods"
+    with pytest.raises(KeyError):
+        rbac.attributes("PUT", "/x", {"ns": "dns-system"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, 'RBAC needs a resource, such as RBAC(resource="zones"), or path=True'),
+        ({"path": True, "resource": "zones"}, "RBAC(path=True) checks the request path"),
+        ({"resource": "zones", "name": "{0}"}, "RBAC(name='{0}'): {0} is not valid"),
+        ({"resource": "zones", "name": "{name!r}"}, "RBAC(name='{name!r}'): {name} is not valid"),
+        ({"resource": "zones/status"}, "RBAC(resource='zones/status') is not valid"),
+    ],
+)
+def test_bad_rbac_is_a_config_error(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        RBAC(**kwargs)
+    assert str(e.value).startswith(message)
+
+
+def test_authz_needs_tokenreview_mode() -> None:
+    with pytest.raises(ConfigError, match=r"^BIND_AUTHZ asks for a SubjectAccessReview of the caller, which needs"):
+        AuthConfig.load(environ={"BIND_AUTHZ": "path"})
+
+
+def test_middleware_refuses_view_argument_templates(fake_kubeconfig: Path) -> None:
+    with pytest.raises(ConfigError, match="names view arguments, which only a Flask route has"):
+        wsgi_app(fake_kubeconfig, rbac=ZONE_RBAC)
+
+
+# -- the cache, single flight and outages (FakeCluster: it counts reviews and has faults) --------
+
+
+@pytest.fixture
+def fake(shared_fake: FakeCluster) -> Iterator[FakeCluster]:
+    """The module's FakeCluster, its latency and faults put back after the test."""
+    yield shared_fake
+    shared_fake.latency, shared_fake.fault = 0.0, None
+
+
+@pytest.fixture
+def fake_kc(fake: FakeCluster, tmp_path: Path) -> Path:
+    return fake.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def zone_caller(fake: FakeCluster) -> tuple[str, str]:
+    """A new caller allowed to delete zones (cluster-wide) but nothing else: (username, token)."""
+    ns, sa = "dns-system", f"external-dns-{uuid.uuid4().hex[:6]}"
+    user = f"system:serviceaccount:{ns}:{sa}"
+    fake.allow(user, "delete", "zones", group=GROUP)
+    return user, fake.token(ns, sa, audiences=["bindcar"])
+
+
+def new_caller(fake: FakeCluster, ns: str = "dns-system") -> tuple[str, str]:
+    sa = f"sa-{uuid.uuid4().hex[:6]}"
+    return f"system:serviceaccount:{ns}:{sa}", fake.token(ns, sa, audiences=["bindcar"])
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_allowed_answer_is_cached(fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str], adapter: str) -> None:
+    client = ADAPTERS[adapter](fake_kc, authz_cache_allowed_ttl=60)
+    before = fake.access_reviews_served
+    assert call(client, zone_caller[1]).status_code == 200
+    assert call(client, zone_caller[1]).status_code == 200
+    assert fake.access_reviews_served - before == 1
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_denied_answer_expires_on_its_own_ttl(fake: FakeCluster, fake_kc: Path, adapter: str) -> None:
+    user, token = new_caller(fake)
+    client = ADAPTERS[adapter](fake_kc, authz_cache_allowed_ttl=60, authz_cache_denied_ttl=0.5)
+    before = fake.access_reviews_served
+    assert call(client, token).status_code == 403
+    fake.allow(user, "delete", "zones", group=GROUP)
+    assert call(client, token).status_code == 403  # the denial is still cached
+    assert fake.access_reviews_served - before == 1
+    time.sleep(0.6)
+    assert call(client, token).status_code == 200
+    assert fake.access_reviews_served - before == 2
+
+
+def test_denied_ttl_zero_asks_every_time(fake: FakeCluster, fake_kc: Path) -> None:
+    _, token = new_caller(fake)
+    client = flask_app(fake_kc, authz_cache_denied_ttl=0)
+    before = fake.access_reviews_served
+    assert [call(client, token).status_code for _ in range(2)] == [403, 403]
+    assert fake.access_reviews_served - before == 2
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_concurrent_requests_share_one_review(
+    fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str], adapter: str
+) -> None:
+    client = ADAPTERS[adapter](fake_kc)
+    assert call(client, zone_caller[1], method="GET", path="/zones/other.org").status_code in (200, 403)
+    before = fake.access_review_requests
+    fake.latency = 0.5
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(call(client, zone_caller[1]).status_code)) for _ in range(12)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 12
+    assert fake.access_review_requests - before == 1
+
+
+OUTAGES = {
+    "500": ("error500", "HTTP 500 Internal Server Error: Internal error occurred: etcdserver: request timed out"),
+    "hang": ("hang", "no answer within 1s"),
+    "garbage": ("garbage", "response is not JSON"),
+}
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("outage", [*OUTAGES, "down"])
+def test_outage_is_503_within_the_timeout_and_never_cached(
+    request: pytest.FixtureRequest, adapter: str, outage: str
+) -> None:
+    fake: FakeCluster = request.getfixturevalue("fake_cluster" if outage == "down" else "fake")
+    fake_kc = fake.write_kubeconfig(request.getfixturevalue("tmp_path") / "kubeconfig")
+    user, token = new_caller(fake)
+    fake.allow(user, "delete", "zones", group=GROUP)
+    zone_caller = (user, token)
+    client = ADAPTERS[adapter](fake_kc, review_timeout=1)
+    assert call(client, zone_caller[1], method="GET").status_code == 403  # the TokenReview is cached now
+    started = time.monotonic()
+    if outage == "down":
+        port = fake.port
+        fake.stop()
+        response = call(client, zone_caller[1])
+        expected = f"cannot connect to https://127.0.0.1:{port}: "
+    else:
+        fault, expected = OUTAGES[outage]
+        with fake.faulty(fault):  # type: ignore[arg-type]
+            response = call(client, zone_caller[1])
+    assert time.monotonic() - started < 2.5
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.headers["Content-Type"] == "application/json"
+    assert "WWW-Authenticate" not in response.headers
+    error = response.json["error"]
+    assert error.startswith("Authorization unavailable: SubjectAccessReview API call failed: " + expected)
+    if outage != "down":  # never cached: the next request asks again, and is allowed
+        assert call(client, zone_caller[1]).status_code == 200
+
+
+def test_bulkhead_full_is_503(fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str]) -> None:
+    client = flask_app(fake_kc, review_max_inflight=1, review_timeout=2)
+    assert call(client, zone_caller[1], method="GET").status_code == 403
+    fake.latency = 1.0
+    slow = threading.Thread(target=lambda: call(client, zone_caller[1], path="/zones/a.org"))
+    slow.start()
+    time.sleep(0.3)
+    response = call(client, zone_caller[1])
+    slow.join()
+    assert (response.status_code, response.json) == (
+        503,
+        {"error": "Authorization unavailable: SubjectAccessReview API call failed: 1 reviews already in flight"},
+    )
+
+
+def test_generic_detail(fake: FakeCluster, fake_kc: Path) -> None:
+    _, token = new_caller(fake)
+    client = flask_app(fake_kc, error_detail="generic")
+    response = call(client, token)
+    assert (response.status_code, response.json) == (403, {"error": "Forbidden"})
+    assert response.headers["WWW-Authenticate"] == INSUFFICIENT
+    with fake.faulty("error500"):
+        response = call(client, token, path="/zones/a.org")
+    assert (response.status_code, response.json) == (503, {"error": "Authorization unavailable"})
+
+
+# -- Flask: composition, the app-wide default, templates; audit and metrics -----------------------
+
+
+def test_allowlist_comes_first_then_rbac(fake: FakeCluster, fake_kc: Path) -> None:
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kc))
+
+    @app.delete("/zones/<name>")
+    @auth_required(namespaces=["dns-system"], rbac=ZONE_RBAC)
+    def zone(name: str) -> Any:
+        return jsonify(zone=name)
+
+    client = Client(app)
+    _, outsider = new_caller(fake, "default")
+    before = fake.access_reviews_served
+    response = call(client, outsider)
+    assert (response.status_code, response.json) == (
+        401,
+        {"error": "Token validation failed: ServiceAccount from unauthorized namespace: default"},
+    )
+    assert fake.access_reviews_served == before
+    _, insider = new_caller(fake)
+    assert call(client, insider).status_code == 403
+
+
+def test_app_wide_default_and_per_view_override(fake: FakeCluster, fake_kc: Path) -> None:
+    user, token = new_caller(fake)
+    fake.allow(user, "get", path="/zones")
+    fake.allow(user, "delete", "zones", group=GROUP, name="example.com")
+    seen = len(fake.access_reviews)
+    app = Flask(__name__)
+    app.config["BINDCAR_AUTHZ"] = RBAC(path=True)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kc))
+
+    @app.get("/zones")
+    def zones() -> Any:
+        return jsonify(zones=[])
+
+    @app.get("/records")
+    def records() -> Any:
+        return jsonify(records=[])
+
+    @app.route("/zones/<name>", methods=["GET", "DELETE"])
+    @auth_required(rbac=ZONE_RBAC)
+    def zone(name: str) -> Any:
+        return jsonify(zone=name)
+
+    client = Client(app)
+    assert call(client, token, method="GET", path="/zones").status_code == 200
+    denied = call(client, token, method="GET", path="/records")
+    assert (denied.status_code, denied.json) == (403, {"error": f"Forbidden: {user} cannot get /records"})
+    assert call(client, token).status_code == 200  # its own RBAC, not the path
+    assert [s.get("resourceAttributes", s.get("nonResourceAttributes")) for s in fake.access_reviews[seen:]] == [
+        {"path": "/zones", "verb": "get"},
+        {"path": "/records", "verb": "get"},
+        {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"},
+    ]
+
+
+def test_missing_view_argument_fails_closed(fake: FakeCluster, fake_kc: Path) -> None:
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kc))
+
+    @app.delete("/zones/<zone>")
+    @auth_required(rbac=ZONE_RBAC)
+    def zone(zone: str) -> Any:
+        return jsonify(zone=zone)
+
+    _, token = new_caller(fake)
+    response = call(Client(app), token)
+    assert (response.status_code, response.json) == (
+        503,
+        {"error": UNAVAILABLE + "the route has no view argument 'name'"},
+    )
+
+
+def test_audit_record_and_metrics(
+    fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(result: str) -> float:
+        return REGISTRY.get_sample_value("bindcar_authorization_total", {"result": result}) or 0.0
+
+    before = {r: count(r) for r in ("allowed", "denied", "unavailable")}
+    client = flask_app(fake_kc)
+    with caplog.at_level("INFO", logger="flask_bindcar.audit"):
+        assert call(client, zone_caller[1]).status_code == 200
+        assert call(client, zone_caller[1], method="GET").status_code == 403
+    records = [r.bindcar_audit for r in caplog.records if hasattr(r, "bindcar_audit")]
+    authz = [r for r in records if r["authorization"] is not None]
+    assert [(r["result"], r["authorization"]["decision"]) for r in authz] == [("allow", "allowed"), ("deny", "denied")]
+    allowed, denied = (r["authorization"] for r in authz)
+    assert allowed == {
+        "verb": "delete",
+        "attributes": {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"},
+        "decision": "allowed",
+        "reason": allowed["reason"],
+    }
+    assert allowed["reason"].startswith('RBAC: allowed by ClusterRoleBinding "fake-rbac-')
+    assert (denied["verb"], denied["reason"]) == ("get", None)
+    assert authz[1]["message"] == f'Forbidden: {zone_caller[0]} cannot get zones.{GROUP} "example.com"'
+    assert (count("allowed") - before["allowed"], count("denied") - before["denied"]) == (1, 1)
+    assert REGISTRY.get_sample_value("bindcar_subjectaccessreview_duration_seconds_count") is not None
+    assert zone_caller[1] not in caplog.text
+
+
+# -- gunicorn, no code: BIND_AUTHZ=path ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavor", list(TARGETS))
+def test_gunicorn_path_authorization(
+    any_cluster: Cluster, kubeconfig: Path, serve: Callable[..., Any], flavor: str
+) -> None:
+    s = scene(any_cluster)
+    token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
+    grant(any_cluster, s.user, "get", path="/zones", probe=s.spec(path="/zones", verb="get"))
+    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(kubeconfig), "BIND_AUTHZ": "path"}
+    with serve(TARGETS[flavor], env) as url:
+        headers = {"Authorization": f"Bearer {token}"}
+        allowed = requests.get(f"{url}/zones", headers=headers, timeout=10)
+        denied = requests.delete(f"{url}/zones", headers=headers, timeout=10)
+    assert allowed.status_code == {"flask": 404, "wsgi": 200}[flavor]  # the Flask app routes only /api/v1/...
+    assert denied.status_code == 403
+    assert denied.json() == {"error": f"Forbidden: {s.user} cannot delete /zones"}
+    assert denied.headers["WWW-Authenticate"] == INSUFFICIENT
