@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import jwt
 import pytest
 import requests
 import responses
+import yaml
 
 from example_app import client as example_client
 from flask_bindcar.client import DEFAULT_TOKEN_PATH, ServiceAccountTokenAuth, TokenFileError
@@ -212,3 +214,18 @@ def test_the_example_client_against_the_example_app_under_gunicorn(
         '200 {"caller":{"method":"tokenreview","username":"system:serviceaccount:dns-system:cert-manager"},"zones":[]}',
         '401 {"error": "Token validation failed: ServiceAccount from unauthorized namespace: default"}',
     ]
+
+
+def test_the_readme_pod_spec_is_the_client_deployments() -> None:
+    """README's "Calling a protected API" shows what example_app/deploy/client.yaml deploys."""
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("## Calling a protected API\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    shown = yaml.safe_load(block)["spec"]
+    deployment = list(yaml.safe_load_all((root / "example_app/deploy/client.yaml").read_text()))[-1]
+    pod = deployment["spec"]["template"]["spec"]
+    assert shown["serviceAccountName"] == pod["serviceAccountName"]
+    assert shown["volumes"] == pod["volumes"]
+    assert shown["containers"][0]["volumeMounts"] == pod["containers"][0]["volumeMounts"]
+    assert "ServiceAccountTokenAuth()" in section
+    assert DEFAULT_TOKEN_PATH in section
