@@ -10,4 +10,3 @@ def app(environ, start_response):
 
 
 application = BindcarMiddleware(app, exempt_paths=["/healthz"])
-# Or with no code at all: gunicorn 'flask_bindcar.middleware:wrap("example_app.readme_wsgi:app")'

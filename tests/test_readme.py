@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
+import requests
 from werkzeug.test import Client
 
 from example_app.app import create_app
+from flask_bindcar.testing import FakeCluster
+from tests.gunicorn_server import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,14 +37,78 @@ def test_snippets_are_the_files_and_tests_that_run() -> None:
     assert textwrap.indent(real_block.split("\n\n", 1)[1], "    ") in real_source  # test_readme_snippet
 
 
-def test_flask_snippet() -> None:
-    from example_app.readme_flask import app
+def test_flask_snippet_in_basic_mode() -> None:
+    """Any bearer token passes, there is no caller, and the DELETE view refuses everyone."""
+    from example_app.readme_flask import create_app
 
-    client = app.test_client()
+    client = create_app().test_client()
+    assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/api/v1/zones").json == {"error": "Missing Authorization header"}
     assert client.get("/api/v1/zones", headers={"Authorization": "Bearer t"}).json == {"zones": [], "caller": None}
     response = client.delete("/api/v1/zones/example.com", headers={"Authorization": "Bearer t"})
     assert response.json == {"error": "Token validation failed: ServiceAccount not authorized: (anonymous)"}
+
+
+def test_flask_snippet_in_tokenreview_mode(
+    fake_cluster: FakeCluster, fake_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller is known, and external-dns, only it, may delete."""
+    from example_app.readme_flask import create_app
+
+    monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
+    monkeypatch.setenv("KUBECONFIG", str(fake_kubeconfig))
+    client = create_app().test_client()
+
+    def delete(account: str) -> tuple[int, object]:
+        token = fake_cluster.token("dns-system", account, audiences=["bindcar"])
+        response = client.delete("/api/v1/zones/example.com", headers={"Authorization": f"Bearer {token}"})
+        return response.status_code, response.json
+
+    assert delete("external-dns") == (200, {"deleted": "example.com"})
+    assert delete("other-app") == (
+        401,
+        {"error": "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"},
+    )
+
+
+def test_no_code_gunicorn_lines(tmp_path: Path) -> None:
+    """The README's two gunicorn lines, run as written on a ``myservice.wsgi:app`` of one's own."""
+    (tmp_path / "myservice").mkdir()
+    (tmp_path / "myservice" / "__init__.py").write_text("")
+    (tmp_path / "myservice" / "wsgi.py").write_text((ROOT / "example_app" / "readme_wsgi.py").read_text())
+    block = re.search(r"Or with no code at all:.*?```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    assert len(lines) == 2 and all('wrap("myservice.wsgi:app"' in line for line in lines)
+    venv_bin = Path(sys.executable).parent  # where gunicorn is, as in an activated virtualenv
+    env = {**base_environment(), "PYTHONPATH": str(tmp_path), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    for line in lines:
+        port = free_port()
+        proc = subprocess.Popen(
+            ["bash", "-c", f"{line} --bind 127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # the shell and gunicorn stop together
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    health = requests.get(url + "/healthz", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert (health.status_code, health.json()) == (200, {"caller": None}), line
+            denied = requests.get(url + "/api/v1/zones", timeout=2)
+            assert (denied.status_code, denied.json()) == (401, {"error": "Missing Authorization header"}), line
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
 
 
 def test_wsgi_snippet() -> None:
