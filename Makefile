@@ -34,7 +34,7 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# The benchmarks (about 10 minutes) into build/bench/, ignored by git: nothing tracked changes.
+# The benchmarks (about 2 minutes on 2 cores) into build/bench/, ignored by git: nothing tracked changes.
 BENCH_RESULTS ?= build/bench/results.json
 
 bench: $(BENCH_STAMP)
