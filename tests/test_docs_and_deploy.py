@@ -22,7 +22,7 @@ SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$')
 READ_BY_LIBRARY = {s.env_key for s in SETTINGS if s.env_key}
 READ_BY_EXAMPLE_APP = {"ZONE_DATA_DIR", "GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS"}
 
-# The sections of the guide (seed.md), each of which must have its page or section here.
+# The sections of the guide, "Kubernetes TokenReview Validation", each of which must have its page or section here.
 SEED_SECTIONS = [
     "Overview",
     "Basic mode",

@@ -154,3 +154,11 @@ def test_the_fixture_scopes_are_the_plugins(tmp_path: Path) -> None:
             "real_kubeconfig": "function",
         }
     )
+
+
+@pytest.mark.parametrize("page", ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))])
+def test_pages_cite_only_files_of_this_repository(page: str) -> None:
+    """A Markdown file named in the docs exists here: the guide is cited by its title, not a path."""
+    text = (ROOT / page).read_text()
+    for name in re.findall(r"[`(]([\w./-]+\.md)[`)#]", text):
+        assert (ROOT / name).is_file() or (ROOT / page).parent.joinpath(name).is_file(), f"{page} cites {name}"
