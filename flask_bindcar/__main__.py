@@ -18,8 +18,8 @@ from flask_bindcar.doctor import Route, doctor, review
 from flask_bindcar.errors import ConfigError
 
 
-def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None) -> int:
-    report = doctor(config, threads=threads)
+def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None, authorization: bool = False) -> int:
+    report = doctor(config, threads=threads, authorization=authorization)
     print(report.json() if as_json else report.text())
     return 0 if report.ok else 1
 
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     review_cmd.add_argument("--token-file", type=Path, help="read the token from this file instead of stdin")
     review_cmd.add_argument("--json", action="store_true", help="print JSON for machines")
+    review_cmd.add_argument("--method", default="GET", help="with --path: the request's method (default GET)")
+    review_cmd.add_argument("--path", help="the request's path: report the RBAC verdict of BIND_AUTHZ for it too")
     args = parser.parse_args(argv)
     try:
         config = AuthConfig.load()
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "doctor":
         return run_doctor(config, args.json, args.threads)
-    return run_review(config, read_token(args.token_file), args.json)
+    route = Route(args.method.upper(), args.path, "", rbac=config.rbac) if args.path is not None else None
+    return run_review(config, read_token(args.token_file), args.json, route)
 
 
 if __name__ == "__main__":

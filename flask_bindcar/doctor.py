@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.credentials import bearer_token
-from flask_bindcar.errors import INVALID_API_TOKEN, AuthError
+from flask_bindcar.errors import INVALID_API_TOKEN, AccessDenied, AuthError, AuthzUnavailable
 from flask_bindcar.identity import Identity, split_service_account
 from flask_bindcar.policy import authorize, identity_from_review
+from flask_bindcar.rbac import RBAC
 
 Status = Literal["pass", "fail", "warn", "skip"]
 SYMBOLS: dict[Status, str] = {"pass": "✔", "fail": "✘", "warn": "⚠", "skip": "-"}
@@ -51,6 +52,28 @@ subjects:
     name: {name}
     namespace: {namespace}
 """
+
+
+AUTH_DELEGATOR_TEMPLATE = """\
+# Authorization by RBAC needs SubjectAccessReviews too: system:auth-delegator covers both reviews.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: bindcar-auth-delegator
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:auth-delegator
+subjects:
+  - kind: ServiceAccount
+    name: {name}
+    namespace: {namespace}
+"""
+
+
+def auth_delegator_yaml(namespace: str, name: str) -> str:
+    """The ClusterRoleBinding to ``system:auth-delegator`` (TokenReviews and SubjectAccessReviews)."""
+    return AUTH_DELEGATOR_TEMPLATE.format(namespace=namespace, name=name)
 
 
 def rbac_yaml(namespace: str, name: str) -> str:
@@ -123,11 +146,19 @@ def configuration_check(config: AuthConfig) -> Check:
     return Check("configuration", "pass", f"{config.mode} mode", lines=lines)
 
 
-def doctor(config: AuthConfig, *, threads: int | None = None, environ: Mapping[str, str] | None = None) -> Report:
+def doctor(
+    config: AuthConfig,
+    *,
+    threads: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    authorization: bool = False,
+) -> Report:
     """Check ``config`` end to end: posture, bulkhead, client, API server, permission, a probe review.
 
     ``threads`` is the server's thread count per worker; without it, it is read from gunicorn's
     ``GUNICORN_CMD_ARGS`` in ``environ`` (default ``os.environ``) when that sets ``--threads``.
+    With ``authorization`` (a view has its own ``rbac``) or ``BIND_AUTHZ`` set, the permission to
+    create SubjectAccessReviews is checked too.
     """
     checks = [configuration_check(config)]
     warnings = config.posture_warnings()
@@ -136,7 +167,7 @@ def doctor(config: AuthConfig, *, threads: int | None = None, environ: Mapping[s
         checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
         return Report("flask-bindcar doctor", checks)
     checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
-    checks += _kubernetes_checks(config)
+    checks += _kubernetes_checks(config, authorization or config.rbac is not None)
     return Report("flask-bindcar doctor", checks)
 
 
@@ -182,7 +213,7 @@ def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str
     )
 
 
-def _kubernetes_checks(config: AuthConfig) -> list[Check]:
+def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[Check]:
     from kubernetes.client import AuthorizationV1Api, VersionApi
 
     from flask_bindcar.kube import ClientBuildError, KubeTokenReviewer, build_api_client, kubeconfig_path
@@ -253,6 +284,8 @@ def _kubernetes_checks(config: AuthConfig) -> list[Check]:
                 fix="apply this RBAC (kubectl apply -f -):\n" + rbac_yaml(namespace, name),
             )
         )
+    if authorization:
+        checks.append(_authorization_permission(api_client, timeout, who, sa))
 
     reviewer = KubeTokenReviewer(config)
     try:
@@ -263,6 +296,37 @@ def _kubernetes_checks(config: AuthConfig) -> list[Check]:
     except AuthError as e:
         checks.append(Check("token review", "fail", e.message, fix=unreachable_fix if e.transient else None))
     return checks
+
+
+def _authorization_permission(api_client: Any, timeout: float, who: str, sa: tuple[str, str] | None) -> Check:
+    """May this client create SubjectAccessReviews? Asked with a SelfSubjectAccessReview."""
+    from kubernetes.client import AuthorizationV1Api
+
+    name = "authorization permission"
+    attributes = {"group": "authorization.k8s.io", "resource": "subjectaccessreviews", "verb": "create"}
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attributes},
+    }
+    try:
+        answer: Any = AuthorizationV1Api(api_client).create_self_subject_access_review(
+            body=body,  # type: ignore[arg-type]
+            _request_timeout=timeout,
+            _preload_content=False,
+        )
+        allowed = json.loads(answer.data).get("status", {}).get("allowed") is True
+    except Exception as e:
+        return Check(name, "fail", f"could not ask whether {who} may create subjectaccessreviews: {_why(e)}")
+    if allowed:
+        return Check(name, "pass", f"{who} may create subjectaccessreviews.authorization.k8s.io")
+    namespace, sa_name = sa if sa else ("<namespace>", "<serviceaccount>")
+    return Check(
+        name,
+        "fail",
+        f"{who} may not create subjectaccessreviews.authorization.k8s.io",
+        fix="bind it to system:auth-delegator (kubectl apply -f -):\n" + auth_delegator_yaml(namespace, sa_name),
+    )
 
 
 def _context(config: AuthConfig, source: str) -> str:
@@ -301,9 +365,14 @@ class Route:
     ``@auth_required``): the request needs no token."""
     namespaces: frozenset[str] | None = None
     service_accounts: frozenset[str] | None = None
+    rbac: RBAC | None = None
+    """What the view needs by RBAC (its own, or the app-wide ``BINDCAR_AUTHZ``), if anything."""
+    view_args: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        where = f"{self.method} {self.path} is view {self.endpoint}"
+        where = f"{self.method} {self.path} is view {self.endpoint}" if self.endpoint else f"{self.method} {self.path}"
+        if self.rbac is not None and not self.exempt:
+            where += f" (RBAC {json.dumps(self.rbac.summary())})"
         if self.exempt:
             return f"{where}: exempt from authentication"
         policy = [
@@ -324,11 +393,12 @@ def authorization_header(text: str) -> str:
 
 def review(
     config: AuthConfig, token: str, route: Route | None = None
-) -> tuple[Report, Identity | None, AuthError | None]:
+) -> tuple[Report, Identity | None, AuthError | AccessDenied | AuthzUnavailable | None]:
     """Run the full chain on ``token`` step by step, as a request would meet it (no cache).
 
     ``token`` is a bare token or a whole ``Authorization`` header value. With a ``route``, the
-    view's own ``@auth_required`` allowlists apply after the app's, as they do for a request.
+    view's own ``@auth_required`` allowlists apply after the app's, as they do for a request, and
+    then its RBAC (a SubjectAccessReview), if it has any.
     """
     checks: list[Check] = []
     if route is not None:
@@ -372,12 +442,42 @@ def review(
             step = "view policy"
             authorize(identity, route.namespaces, route.service_accounts)
             checks.append(Check(step, "pass", f"{identity.username} is allowed by the view"))
+        if route is not None and route.rbac is not None:
+            step = "rbac"
+            checks.append(_rbac_check(config, identity, route))
     except AuthError as e:
         checks.append(Check(step, "fail", e.message))
         checks.append(Check("result", "fail", f"401 {json.dumps({'error': e.message})}"))
         return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
+    except (AccessDenied, AuthzUnavailable) as e:
+        checks.append(Check(step, "fail", e.message))
+        checks.append(Check("result", "fail", f"{e.code} {json.dumps({'error': e.message})}"))
+        return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
     checks.append(Check("result", "pass", f"allowed as {identity.username or identity.method}"))
     return Report("flask-bindcar review", checks, REVIEW_VERDICTS), identity, None
+
+
+def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
+    """The SubjectAccessReview a request to ``route`` meets; raises `AccessDenied` or `AuthzUnavailable`."""
+    import threading
+
+    from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    assert route.rbac is not None
+    if config.mode != "tokenreview":
+        raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
+    try:
+        attributes = route.rbac.attributes(route.method, route.path, route.view_args)
+    except KeyError as e:
+        raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
+    authorizer = Authorizer(config, KubeTokenReviewer(config), threading.BoundedSemaphore(1), None)
+    (decision, _, ms) = authorizer.check(identity, attributes)
+    return Check(
+        "rbac",
+        "pass",
+        f"{identity.username} may {attributes.verb} {attributes.describe()}: {decision.reason}, {ms or 0:.1f} ms",
+    )
 
 
 def _allowlist_check(name: str, allowlist: frozenset[str] | None, value: str | None) -> Check:

@@ -28,6 +28,8 @@ POLICY_ATTR = "_bindcar_policy"
 """Set on `auth_required` views: their own (namespaces, service_accounts), for ``flask bindcar review``."""
 REQUIRED_ATTR = "_bindcar_required"
 """Set on `auth_required` views: they make their own RBAC check, so the hook leaves it to them."""
+RBAC_ATTR = "_bindcar_rbac"
+"""Set on `auth_required` views: their own ``rbac``, or None, for ``flask bindcar review``."""
 
 
 def _get_identity() -> Identity | None:
@@ -212,6 +214,7 @@ def auth_required(
 
     setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa))
     setattr(wrapper, REQUIRED_ATTR, True)
+    setattr(wrapper, RBAC_ATTR, rbac)
     return wrapper
 
 
@@ -232,7 +235,9 @@ def cli() -> None:
 def doctor_command(as_json: bool) -> None:
     from flask_bindcar.__main__ import run_doctor
 
-    raise SystemExit(run_doctor(_extension().config(), as_json))
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    views_rbac = any(getattr(view, RBAC_ATTR, None) is not None for view in app.view_functions.values())
+    raise SystemExit(run_doctor(_extension().config(), as_json, authorization=views_rbac))
 
 
 @cli.command(
@@ -256,7 +261,7 @@ def _route(method: str, path: str) -> Route:
     """The view ``method path`` reaches in the current app, and what protects it."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        rule, _ = app.url_map.bind("localhost").match(path, method=method, return_rule=True)
+        rule, view_args = app.url_map.bind("localhost").match(path, method=method, return_rule=True)
     except HTTPException as e:
         raise click.ClickException(f"no view answers {method} {path} ({e.code} {e.name})") from None
     view = app.view_functions[rule.endpoint]
@@ -264,4 +269,5 @@ def _route(method: str, path: str) -> Route:
     policy = getattr(view, POLICY_ATTR, None)
     exempt = path in config.exempt_paths or getattr(view, EXEMPT_ATTR, False) or (not config.protect_all and not policy)
     namespaces, service_accounts = policy or (None, None)
-    return Route(method, path, rule.endpoint, exempt, namespaces, service_accounts)
+    rbac = getattr(view, RBAC_ATTR, None) or config.rbac
+    return Route(method, path, rule.endpoint, exempt, namespaces, service_accounts, rbac, view_args)

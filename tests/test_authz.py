@@ -715,3 +715,81 @@ def test_gunicorn_path_authorization(
     assert denied.status_code == 403
     assert denied.json() == {"error": f"Forbidden: {s.user} cannot delete /zones"}
     assert denied.headers["WWW-Authenticate"] == INSUFFICIENT
+
+
+# -- doctor and review ---------------------------------------------------------------------------
+
+
+def test_doctor_checks_the_subjectaccessreview_permission(fake: FakeCluster, tmp_path: Path) -> None:
+    from flask_bindcar.doctor import auth_delegator_yaml, doctor
+
+    good = fake.write_kubeconfig(tmp_path / "good")
+    config = AuthConfig.load({"mode": "tokenreview", "rbac": "path", "kubeconfig": str(good)}, environ={})
+    checks = {c.name: c for c in doctor(config).checks}
+    assert (checks["authorization permission"].status, checks["authorization permission"].detail) == (
+        "pass",
+        "system:serviceaccount:dns-system:bindcar may create subjectaccessreviews.authorization.k8s.io",
+    )
+    caller = fake.token("apps", f"sa-{uuid.uuid4().hex[:6]}")  # a ServiceAccount granted nothing
+    bad = fake.write_kubeconfig(tmp_path / "bad", caller)
+    config = AuthConfig.load({"mode": "tokenreview", "rbac": "path", "kubeconfig": str(bad)}, environ={})
+    check = next(c for c in doctor(config).checks if c.name == "authorization permission")
+    username = _subject(caller)
+    assert (check.status, check.detail) == (
+        "fail",
+        f"{username} may not create subjectaccessreviews.authorization.k8s.io",
+    )
+    namespace, name = username.removeprefix("system:serviceaccount:").split(":")
+    assert check.fix == "bind it to system:auth-delegator (kubectl apply -f -):\n" + auth_delegator_yaml(
+        namespace, name
+    )
+    assert "name: system:auth-delegator" in auth_delegator_yaml(namespace, name)
+
+
+def _subject(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
+
+def test_review_reports_the_rbac_verdict(fake: FakeCluster, fake_kc: Path) -> None:
+    from flask_bindcar.doctor import Route, review
+
+    user, token = new_caller(fake)
+    fake.allow(user, "get", path="/zones")
+    config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc), "rbac": "path"}, environ={})
+    report, identity, error = review(config, token, Route("GET", "/zones", "", rbac=config.rbac))
+    assert error is None and identity is not None
+    check = next(c for c in report.checks if c.name == "rbac")
+    assert check.status == "pass"
+    assert check.detail.startswith(f"{user} may get /zones: RBAC: allowed by ClusterRoleBinding")
+    report, identity, error = review(config, token, Route("DELETE", "/zones", "", rbac=config.rbac))
+    assert identity is None and error is not None
+    assert [(c.name, c.status, c.detail) for c in report.checks[-2:]] == [
+        ("rbac", "fail", f"Forbidden: {user} cannot delete /zones"),
+        ("result", "fail", f'403 {{"error": "Forbidden: {user} cannot delete /zones"}}'),
+    ]
+
+
+def test_flask_cli_review_resolves_the_views_rbac(fake: FakeCluster, fake_kc: Path) -> None:
+    user, token = new_caller(fake)
+    fake.allow(user, "delete", "zones", group=GROUP, name="example.com")
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kc))
+
+    @app.delete("/zones/<name>")
+    @auth_required(rbac=ZONE_RBAC)
+    def zone(name: str) -> Any:
+        return jsonify(zone=name)
+
+    runner = app.test_cli_runner()
+    allowed = runner.invoke(
+        args=["bindcar", "review", "--method", "DELETE", "--path", "/zones/example.com"], input=token
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert f'✔ rbac: {user} may delete zones.{GROUP} "example.com": RBAC: allowed by' in allowed.output
+    denied = runner.invoke(args=["bindcar", "review", "--method", "DELETE", "--path", "/zones/other.org"], input=token)
+    assert denied.exit_code == 1
+    assert denied.output.splitlines()[-2] == (
+        f'✘ result: 403 {{"error": "Forbidden: {user} cannot delete zones.{GROUP} \\"other.org\\""}}'
+    )
