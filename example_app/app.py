@@ -3,7 +3,9 @@
 Zones are JSON files in ``ZONE_DATA_DIR`` (default ``./zone-data``), so a restart loses nothing.
 Authentication is configured entirely by the seed's environment variables (``BIND_AUTH_MODE``,
 ``BIND_TOKEN_AUDIENCES``, ``BIND_ALLOWED_NAMESPACES``, ...). Deleting a zone is reserved to
-``system:serviceaccount:dns-system:external-dns`` by a stricter per-view policy.
+``system:serviceaccount:dns-system:external-dns`` by a stricter per-view policy; with
+``ZONE_AUTHZ=rbac`` (TokenReview mode) Kubernetes RBAC must also allow the caller to ``delete``
+the zone (``zones.bindcar.firestoned.io``, by name), as ``deploy/rbac-zones.yaml`` grants it.
 
 Run it with gunicorn: ``gunicorn -c example_app/gunicorn.conf.py 'example_app.app:create_app()'``.
 """
@@ -20,11 +22,12 @@ from typing import Any
 from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from flask_bindcar import BindcarAuth, auth_exempt, auth_required, current_identity
+from flask_bindcar import RBAC, BindcarAuth, auth_exempt, auth_required, current_identity
 from flask_bindcar.errors import BindcarError
 
 ZONE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 ZONE_DELETERS = ["system:serviceaccount:dns-system:external-dns"]
+ZONE_RBAC = RBAC(resource="zones", group="bindcar.firestoned.io", name="{name}")
 
 
 class ZoneStore:
@@ -73,12 +76,13 @@ def caller() -> dict[str, Any]:
 def create_app(data_dir: str | Path | None = None) -> Flask:
     app = Flask(__name__)
     store = ZoneStore(Path(data_dir or os.environ.get("ZONE_DATA_DIR", "zone-data")))
+    delete_rbac = ZONE_RBAC if os.environ.get("ZONE_AUTHZ", "").strip().lower() == "rbac" else None
     BindcarAuth(app)
 
     @app.errorhandler(HTTPException)
     def json_error(e: HTTPException) -> Any:
         """Every HTTP error as ``{"error": ...}``, keeping its headers (``Retry-After``, ``Allow``, ...)."""
-        if isinstance(e, BindcarError):  # flask-bindcar's 401 and 429 render themselves
+        if isinstance(e, BindcarError):  # flask-bindcar's 401, 403, 429 and 503 render themselves
             return e
         response = e.get_response()
         response.set_data(json.dumps({"error": e.description}))
@@ -140,7 +144,7 @@ def create_app(data_dir: str | Path | None = None) -> Flask:
         return jsonify(zone=zone, caller=caller())
 
     @app.delete("/api/v1/zones/<name>")
-    @auth_required(service_accounts=ZONE_DELETERS)
+    @auth_required(service_accounts=ZONE_DELETERS, rbac=delete_rbac)
     def delete_zone(name: str) -> Any:
         if not store.delete(valid_name(name)):
             abort(404, description=f"Zone not found: {name}")

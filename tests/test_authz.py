@@ -793,3 +793,42 @@ def test_flask_cli_review_resolves_the_views_rbac(fake: FakeCluster, fake_kc: Pa
     assert denied.output.splitlines()[-2] == (
         f'✘ result: 403 {{"error": "Forbidden: {user} cannot delete zones.{GROUP} \\"other.org\\""}}'
     )
+
+
+# -- the example app: DELETE guarded by RBAC, with the deployed manifest -------------------------
+
+
+def test_example_delete_is_guarded_by_the_deployed_rbac(
+    any_cluster: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from example_app.app import create_app
+    from flask_bindcar.doctor import auth_delegator_yaml
+
+    manifest = (Path(__file__).parent.parent / "example_app" / "deploy" / "rbac-zones.yaml").read_text()
+    assert manifest.endswith(auth_delegator_yaml("dns-system", "bindcar"))
+    monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("ZONE_AUTHZ", "rbac")
+    client = Client(create_app(tmp_path / "zones"))
+    token = any_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    user = "system:serviceaccount:dns-system:external-dns"
+    probe = {"user": user, "resourceAttributes": {**ZONE, "name": "example.org"}}
+    if not sar(any_cluster, probe)["status"]["allowed"]:  # before the manifest: RBAC says no
+        response = call(client, token, path="/api/v1/zones/example.org")
+        assert (response.status_code, response.json) == (
+            403,
+            {"error": f'Forbidden: {user} cannot delete zones.{GROUP} "example.org"'},
+        )
+    if isinstance(any_cluster, FakeCluster):
+        any_cluster.allow(user, ["get", "list", "create", "delete"], "zones", group=GROUP)
+    else:
+        any_cluster.kubectl("apply", "-f", "-", input=manifest)
+        deadline = time.monotonic() + 10
+        while not sar(any_cluster, probe)["status"]["allowed"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    client = Client(create_app(tmp_path / "zones"))  # a new app: no cached denial
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.post("/api/v1/zones", json={"name": "example.org"}, headers=headers).status_code == 201
+    response = call(client, token, path="/api/v1/zones/example.org")
+    assert (response.status_code, response.json["deleted"]) == (200, "example.org")

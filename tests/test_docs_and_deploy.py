@@ -20,7 +20,7 @@ MANIFESTS = sorted((ROOT / "example_app" / "deploy").glob("*.yaml"))
 SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$')
 
 READ_BY_LIBRARY = {s.env_key for s in SETTINGS if s.env_key}
-READ_BY_EXAMPLE_APP = {"ZONE_DATA_DIR", "GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS"}
+READ_BY_EXAMPLE_APP = {"ZONE_DATA_DIR", "ZONE_AUTHZ", "GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS"}
 
 # The sections of the guide, "Kubernetes TokenReview Validation", each of which must have its page or section here.
 SEED_SECTIONS = [
@@ -126,7 +126,7 @@ def test_manifests_validate_strictly() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed for resource") == 10
+    assert result.stdout.count("passed for resource") == 13
 
 
 def load_manifests() -> dict[str, Any]:
