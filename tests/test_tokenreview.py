@@ -42,6 +42,9 @@ def test_valid_token_gives_identity(cluster: FakeCluster, make_auth: MakeAuth) -
         audiences=("bindcar",),
         namespace="dns-system",
         service_account="external-dns",
+        pod_name="external-dns-0",
+        pod_uid=pod.uid,
+        credential_id=identity.credential_id,
     )
     assert identity.extra["authentication.kubernetes.io/pod-name"] == ("external-dns-0",)
     assert identity.extra["authentication.kubernetes.io/pod-uid"] == (pod.uid,)
