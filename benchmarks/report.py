@@ -43,7 +43,7 @@ Ratio to the raw call: **{real["ratio"]:.2f}**; to the hand-rolled view: **{real
 
 def _duration(machine: dict[str, Any]) -> str:
     seconds = machine.get("run_seconds")
-    return f", {round(seconds / 60)} minutes" if seconds else ""
+    return f", {seconds // 60} min {seconds % 60} s" if seconds else ""
 
 
 def write_docs(results: dict[str, Any], path: Path) -> None:
