@@ -41,6 +41,21 @@ def _real_cold(real: dict[str, Any] | None) -> str:
 Ratio to the raw call: **{real["ratio"]:.2f}**; to the hand-rolled view: **{real["ratio_to_by_hand"]:.2f}**."""
 
 
+def _authz_warm(authz: dict[str, Any] | None) -> str:
+    """Figure 6, when the run measured it (runs before issue 12 did not)."""
+    if not authz:
+        return "Not measured in this run."
+    rows = [(name, f"{us} µs") for name, us in authz["per_request_us"].items()]
+    return f"""The same Flask route and token, both caches warm: authentication alone, and authentication
+plus an app-wide `RBAC(...)` whose SubjectAccessReview answer (allowed) is cached.
+
+{_table([("", "per request"), *rows])}
+
+Ratio: **{authz["ratio"]:.2f}** (the target is 1.10). The warm authorization path builds the
+request's attributes once per distinct question (kept per `RBAC`), then does one lookup under a
+lock in the decision cache, keyed by the caller and the attributes, and one counter increment."""
+
+
 def _duration(machine: dict[str, Any]) -> str:
     seconds = machine.get("run_seconds")
     return f", {seconds // 60} min {seconds % 60} s" if seconds else ""
@@ -128,6 +143,10 @@ cache:
 
 Ratio: **{gun["ratio"]:.2f}**. Of the five, this figure moves most from run to run: the load
 generator shares the machine's two cores with the server.
+
+## 6. Authorization with a cached answer
+
+{_authz_warm(results.get("6_authz_warm"))}
 
 ## Tuning
 

@@ -12,7 +12,9 @@ in ``tests/`` proves behaviour; this measures cost.
 4. resident memory after 100,000 distinct garbage tokens, and TokenReviews sent for them with
    the failure limit on;
 5. throughput under gunicorn (``--threads 8``) with a warm cache / the same app without
-   authentication.
+   authentication;
+6. warm request cost with RBAC (a cached allowed SubjectAccessReview answer) / the same request
+   with authentication only (target 1.10).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
-from flask_bindcar import AuthConfig, BindcarAuth
+from flask_bindcar import RBAC, AuthConfig, BindcarAuth
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.cache import ReviewCache
 from flask_bindcar.kube import ReviewOutcome
@@ -368,6 +370,37 @@ def bench_gunicorn(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[
 # -- report -----------------------------------------------------------------------------------
 
 
+# -- 6 ----------------------------------------------------------------------------------------
+
+
+def bench_authz_warm(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    """The warm cost of authorization: both caches hit, against authentication alone."""
+    user = "system:serviceaccount:dns-system:external-dns"
+    cluster.allow(user, "get", "zones", group="bindcar.firestoned.io")
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+    authn = bare_app()
+    BindcarAuth(authn, mode="tokenreview", kubeconfig=str(kubeconfig))
+    authz = bare_app()
+    authz.config["BINDCAR_AUTHZ"] = RBAC(resource="zones", group="bindcar.firestoned.io")
+    BindcarAuth(authz, mode="tokenreview", kubeconfig=str(kubeconfig))
+    apps = {"authentication only": authn, "authentication + RBAC (cached allowed answer)": authz}
+    for name, app in apps.items():
+        status: list[str] = []
+        body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
+        if not status[0].startswith("200") or body != b"ok":
+            raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
+    n = 500 if quick else 2000
+    medians = interleaved(
+        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
+    )
+    base = medians["authentication only"]
+    return {
+        "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
+        "ratio": round(medians["authentication + RBAC (cached allowed answer)"] / base, 3),
+    }
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
@@ -396,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where to write the results (default: {RESULTS.relative_to(ROOT)}, ignored by git); "
         "`python -m benchmarks.report` turns a full run into docs/performance.md (make bench-docs)",
     )
-    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-5)")
+    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-6)")
     args = parser.parse_args(argv)
     started_run = time.perf_counter()
 
@@ -406,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "3_reviews_sent": bench_reviews_sent,
         "4_garbage": bench_garbage,
         "5_gunicorn": bench_gunicorn,
+        "6_authz_warm": bench_authz_warm,
     }
     results: dict[str, Any] = {"machine": machine()}
     with FakeCluster() as cluster, tempfile.TemporaryDirectory() as tmp:

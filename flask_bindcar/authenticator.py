@@ -34,7 +34,7 @@ from flask_bindcar.kube import KubeTokenReviewer, ReviewOutcome
 from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import authorize, identity_from_review
 from flask_bindcar.ratelimit import FailureLimiter
-from flask_bindcar.rbac import RBAC
+from flask_bindcar.rbac import RBAC, Attributes
 
 logger = logging.getLogger("flask_bindcar")
 audit_logger = logging.getLogger("flask_bindcar.audit")
@@ -185,27 +185,26 @@ class Authenticator:
         be had (or ``rbac`` names a view argument the route lacks); either way after logging the
         decision and the review's reason, which never reaches the body.
         """
-        record: dict[str, Any] = {"verb": None, "attributes": None}
+        attributes: Attributes | None = None
         try:
             try:
                 attributes = rbac.attributes(method, path, view_args)
             except KeyError as e:
                 logger.error("RBAC%r names the view argument %s, which this route does not have", rbac.summary(), e)
                 raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
-            record.update(verb=attributes.verb, attributes=attributes.record())
             if self.authorizer is None:
                 raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
             decision, cache, latency = self.authorizer.check(identity, attributes)
         except (AccessDenied, AuthzUnavailable) as e:
             denied = isinstance(e, AccessDenied)
-            record["decision"] = "denied" if denied else "unavailable"
-            record["reason"] = e.review_reason if isinstance(e, AccessDenied) else None
+            outcome = "denied" if denied else "unavailable"
+            review_reason = e.review_reason if isinstance(e, AccessDenied) else None
             logger.warning(
                 "authorization %s: %s [reason=%s review_reason=%r remote_addr=%s method=%s path=%r]",
-                record["decision"],
+                outcome,
                 e.message,
                 e.reason,
-                record["reason"],
+                review_reason,
                 remote_addr,
                 method,
                 path,
@@ -219,14 +218,14 @@ class Authenticator:
                 identity=identity,
                 cache=e.cache,  # type: ignore[arg-type]
                 latency=e.review_latency_ms,
-                authorization=record,
+                authorization=(attributes, outcome, review_reason),
             )
             if self._generic:
                 raise e.generic() from None
             raise
-        record["decision"], record["reason"] = "allowed", decision.reason
+        allowed = (attributes, "allowed", decision.reason)
         self._decided(
-            "allow", remote_addr, method, path, identity=identity, cache=cache, latency=latency, authorization=record
+            "allow", remote_addr, method, path, identity=identity, cache=cache, latency=latency, authorization=allowed
         )
 
     def _chain(self, header: str | None) -> tuple[Identity, CacheResult | None, float | None]:
@@ -315,15 +314,19 @@ class Authenticator:
         identity: Identity | None = None,
         cache: CacheResult | None = None,
         latency: float | None = None,
-        authorization: dict[str, Any] | None = None,
+        authorization: tuple[Attributes | None, str, str | None] | None = None,
     ) -> None:
-        """Count the decision, and write its audit record when anyone listens."""
+        """Count the decision, and write its audit record when anyone listens.
+
+        ``authorization`` is set for an RBAC decision: the attributes asked about, the decision
+        (``allowed``, ``denied``, ``unavailable``) and the review's reason.
+        """
         reason = error.reason if error is not None else None
         if self.metrics is not None:
             if authorization is None:
                 self.metrics.requests.inc(result, reason or "ok")
             else:
-                self.metrics.authorization.inc(authorization["decision"])
+                self.metrics.authorization.inc(authorization[1])
         if not audit_logger.isEnabledFor(logging.INFO):
             return
         record = AuditRecord(
@@ -338,11 +341,21 @@ class Authenticator:
             auth_method=identity.method if identity is not None else None,
             cache=cache,
             review_latency_ms=latency,
-            authorization=authorization,
+            authorization=_authorization_record(authorization) if authorization is not None else None,
             pod_name=identity.pod_name if identity is not None else None,
         )
         fields = asdict(record)
         audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
+
+
+def _authorization_record(authorization: tuple[Attributes | None, str, str | None]) -> dict[str, Any]:
+    attributes, decision, reason = authorization
+    return {
+        "verb": attributes.verb if attributes is not None else None,
+        "attributes": attributes.record() if attributes is not None else None,
+        "decision": decision,
+        "reason": reason,
+    }
 
 
 def _digest(secret: str) -> bytes:

@@ -15,6 +15,9 @@ from typing import Any
 
 from flask_bindcar.errors import ConfigError
 
+MEMO_SIZE = 4096
+"""`Attributes` kept per `RBAC`, by method, path and view arguments; emptied when full."""
+
 RESOURCE_VERBS: Mapping[str, str] = {
     "GET": "get",
     "HEAD": "get",
@@ -60,6 +63,15 @@ class Attributes:
     namespace: str = ""
     name: str = ""
     path: str | None = None
+
+    def __hash__(self) -> int:
+        """Computed once: an `Attributes` is part of every authorization cache key."""
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.verb, self.resource, self.group, self.version, self.subresource))
+            cached = hash((cached, self.namespace, self.name, self.path))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def spec(self) -> dict[str, Any]:
         """``resourceAttributes`` or ``nonResourceAttributes`` of the review, empty fields left out."""
@@ -126,29 +138,36 @@ class RBAC:
             value = getattr(self, what)
             if value is not None and ("{" in value or "/" in value or not value == value.strip()):
                 raise ConfigError(f"RBAC({what}={value!r}) is not valid: expected a plain name")
-        _fields(self.namespace, "namespace")
-        _fields(self.name, "name")
+        # Not a field: what the templates name, computed once (the attributes of a request are built often).
+        object.__setattr__(self, "_args", _fields(self.namespace, "namespace") + _fields(self.name, "name"))
+        object.__setattr__(self, "_memo", {})
 
     @property
     def view_args(self) -> tuple[str, ...]:
         """The view arguments ``namespace`` and ``name`` are filled from."""
-        return _fields(self.namespace, "namespace") + _fields(self.name, "name")
+        args: tuple[str, ...] = self.__dict__["_args"]
+        return args
 
     def attributes(self, method: str, path: str, view_args: Mapping[str, Any] | None = None) -> Attributes:
-        """The attributes of one request; `KeyError` naming a view argument the route does not have."""
-        method = method.upper()
+        """The attributes of one request; `KeyError` naming a view argument the route does not have.
+
+        Requests that ask the same question share one `Attributes` (a small cache): only the
+        method, the path (for ``path=True``) and the view arguments the templates name matter.
+        """
         if self.path:
-            return Attributes(verb=self.verb or method.lower(), path=path)
-        args = view_args or {}
-        return Attributes(
-            verb=self.verb or RESOURCE_VERBS.get(method, method.lower()),
-            resource=self.resource or "",
-            group=self.group,
-            version=self.version,
-            subresource=self.subresource,
-            namespace=self.namespace.format_map(args) if self.namespace else "",
-            name=self.name.format_map(args) if self.name else "",
-        )
+            key: tuple[Any, ...] = (method, path)
+        elif self.view_args:
+            args = view_args or {}
+            key = (method, None, *(str(args[n]) for n in self.view_args))
+        else:
+            key = (method,)
+        memo: dict[tuple[Any, ...], Attributes] = self.__dict__["_memo"]
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            found = memo[key] = _resolve(self, key[0], key[1] if len(key) > 1 else None, key[2:])
+        return found
 
     def summary(self) -> dict[str, Any]:
         """The fields that were given, for logs and ``doctor``."""
@@ -156,3 +175,19 @@ class RBAC:
             return {"path": True, **({"verb": self.verb} if self.verb else {})}
         fields = ("resource", "group", "version", "subresource", "namespace", "name", "verb")
         return {f: getattr(self, f) for f in fields if getattr(self, f)}
+
+
+def _resolve(rbac: RBAC, method: str, path: str | None, args: tuple[str, ...]) -> Attributes:
+    method = method.upper()
+    if rbac.path:
+        return Attributes(verb=rbac.verb or method.lower(), path=path)
+    values = dict(zip(rbac.view_args, args, strict=True))
+    return Attributes(
+        verb=rbac.verb or RESOURCE_VERBS.get(method, method.lower()),
+        resource=rbac.resource or "",
+        group=rbac.group,
+        version=rbac.version,
+        subresource=rbac.subresource,
+        namespace=rbac.namespace.format_map(values) if rbac.namespace else "",
+        name=rbac.name.format_map(values) if rbac.name else "",
+    )
