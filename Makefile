@@ -9,7 +9,7 @@ DEMO_PORT ?= 8080
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test lint pytest demo bench bench-docs docs clean cluster-assets test-cluster
+.PHONY: test lint pytest demo bench bench-docs docs clean cluster-assets test-cluster coverage mutate
 
 $(STAMP): pyproject.toml setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -65,5 +65,19 @@ cluster-assets:
 test-cluster: $(STAMP) cluster-assets
 	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/pytest --cluster -m cluster
 
+# Line and branch coverage of the library over the whole suite, the processes it starts included
+# (settings in setup.cfg's [coverage:*]). Not part of `make test`: it is slower.
+coverage: $(STAMP)
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
+
+# Mutation testing of the modules that decide (setup.cfg's [mutmut]), in mutants/. Slow (the better
+# part of an hour on 2 cores); not in CI. docs/testing.md explains what survives.
+mutate: $(STAMP)
+	$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-2}
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo mutants .coverage .coverage.*

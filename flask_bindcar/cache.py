@@ -31,6 +31,11 @@ from flask_bindcar.kube import ReviewOutcome, log_unexpected
 CacheResult = Literal["hit", "miss", "shared", "stale"]
 Review = Callable[[str, Sequence[str]], ReviewOutcome]
 
+FOLLOWER_GRACE = 1.0
+"""Seconds a request waiting on another's review waits past that review's own bound
+(``wait_timeout``): the leader's answer or error, even a timeout, reaches the waiters before
+their own wait ends, so every request that shared a review gets the same answer."""
+
 
 def token_expiry(token: str) -> float | None:
     """``exp`` of a JWT's payload, unverified; None when there is none to read.
@@ -114,6 +119,7 @@ class ReviewCache:
     """Thread-safe TTL + LRU cache of TokenReview outcomes with single flight and stale-if-error."""
 
     def __init__(self, *, ttl: float, failure_ttl: float, max_size: int, wait_timeout: float, stale_ttl: float = 0):
+        """``wait_timeout`` is how long one review may take (``BIND_TOKEN_REVIEW_TIMEOUT``)."""
         self.ttl = ttl
         self.failure_ttl = failure_ttl
         self.stale_ttl = stale_ttl
@@ -140,7 +146,8 @@ class ReviewCache:
         """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now.
 
         Raises the review's `AuthError` (the same one to every request that shared it), or an
-        outage-class `AuthError` to a request that waited longer than ``wait_timeout``. Any other
+        outage-class `AuthError` to a request that waited ``wait_timeout + FOLLOWER_GRACE`` seconds
+        for another's review (the review's bound is ``wait_timeout``). Any other
         exception of the review becomes a bad-response `AuthError`, shared the same way: a bug in
         reading an answer is a 401, never a 500, and never an outcome in the cache.
         """
@@ -161,8 +168,9 @@ class ReviewCache:
                 flight = self._flights[key] = _Flight()
 
         if not leader:
-            if not flight.done.wait(self.wait_timeout):
-                raise AuthError.api_call_failed(f"no answer within {self.wait_timeout:g}s", reason=API_UNREACHABLE)
+            wait = self.wait_timeout + FOLLOWER_GRACE
+            if not flight.done.wait(wait):
+                raise AuthError.api_call_failed(f"no answer within {wait:g}s", reason=API_UNREACHABLE)
             if flight.error is not None:
                 raise flight.error
             if flight.outcome is None:  # the leader was stopped by a BaseException (a killed greenlet)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from flask_bindcar import AuthConfig
+from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.credentials import MAX_TOKEN_LENGTH, bearer_token
 from flask_bindcar.errors import AuthError
 
@@ -22,6 +26,7 @@ EMPTY = "Empty token"
         ("Bearer abc   ", "abc"),
         ("Bearer dG9rZW4=", "dG9rZW4="),
         ("Bearer " + "a" * 8192, "a" * 8192),  # an 8 KiB token
+        ("Bearer " + "a" * MAX_TOKEN_LENGTH, "a" * MAX_TOKEN_LENGTH),  # the longest accepted
     ],
 )
 def test_accepted(header: str, token: str) -> None:
@@ -55,3 +60,13 @@ def test_rejected(header: str | None, message: str, challenge: str) -> None:
     assert info.value.message == message
     assert info.value.challenge == challenge
     assert info.value.code == 401
+
+
+@pytest.mark.parametrize("header", ["Bearer abc,Bearer def", "Bearer tök\u00e9n", "Bearer abc def", "Bearer a=b"])
+@pytest.mark.parametrize("settings", [{}, {"api_token": "s3cret"}], ids=["basic", "shared-secret"])
+def test_basic_mode_checks_the_format_too(settings: dict[str, Any], header: str) -> None:
+    """TokenReview mode checks the format on a cache miss only; Basic mode must check it on every request."""
+    auth = Authenticator(AuthConfig.load({"mode": "basic", **settings}, environ={}))
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(header)
+    assert (info.value.message, info.value.challenge) == (INVALID, "invalid_request")

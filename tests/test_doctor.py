@@ -17,11 +17,12 @@ from flask_bindcar import AuthConfig, BindcarAuth, ConfigError
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.doctor import SYMBOLS, doctor, rbac_yaml
 from flask_bindcar.testing import DEFAULT_CALLER, FakeCluster
+from tests.conftest import keep_log
 from tests.gunicorn_server import ROOT, base_environment
 
 
 def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "flask_bindcar", *args],
         env={**base_environment(), **env},
         input=stdin,
@@ -30,6 +31,8 @@ def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subpr
         cwd=ROOT,
         timeout=60,
     )
+    keep_log("cli-" + args[0], result.stdout, result.stderr)  # the leak check reads it
+    return result
 
 
 def tokenreview_env(kubeconfig: Path, **extra: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import RateLimited
 from flask_bindcar.ratelimit import FailureLimiter, Limit, parse_limit
 from flask_bindcar.testing import DEFAULT_CALLER, FakeCluster
-from tests.conftest import MakeAuth
+from tests.conftest import MakeAuth, service_account, who
 from tests.gunicorn_server import TARGETS
 
 
@@ -118,11 +118,15 @@ def test_rate_limit_blocks_before_any_review_and_resets(cluster: FakeCluster, ma
     assert cluster.review_requests == 3  # checked before any TokenReview
     # Another client is not affected, and a valid token is blocked like any other while limited.
     good = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
-    assert auth.authenticate(f"Bearer {good}", remote_addr="10.1.1.2").username
+    assert who(auth.authenticate(f"Bearer {good}", remote_addr="10.1.1.2")) == service_account(
+        "dns-system", "external-dns"
+    )
     with pytest.raises(RateLimited):
         auth.authenticate(f"Bearer {good}", remote_addr="10.1.1.1")
     time.sleep(1.05)
-    assert auth.authenticate(f"Bearer {good}", remote_addr="10.1.1.1").username
+    assert who(auth.authenticate(f"Bearer {good}", remote_addr="10.1.1.1")) == service_account(
+        "dns-system", "external-dns"
+    )
 
 
 def test_rate_limit_memory_is_bounded() -> None:

@@ -12,13 +12,14 @@ from click.testing import Result
 
 from example_app.app import create_app
 from flask_bindcar.testing import FakeCluster
+from tests.conftest import keep_log
 from tests.gunicorn_server import ROOT, base_environment
 
 DELETERS_ONLY = "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"
 
 
 def review(args: list[str], env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, *args],
         env={**base_environment(), **env},
         input=stdin,
@@ -27,6 +28,8 @@ def review(args: list[str], env: dict[str, str], stdin: str) -> subprocess.Compl
         cwd=ROOT,
         timeout=60,
     )
+    keep_log("cli-review", result.stdout, result.stderr)  # the leak check reads it
+    return result
 
 
 @pytest.mark.parametrize("form", ["Bearer {}", "bearer  {}\n", "Authorization: Bearer {}"])

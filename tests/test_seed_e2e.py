@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -280,10 +281,18 @@ def test_options_needs_a_token_but_a_cors_preflight_does_not(server: Any, fake_c
 
 
 def test_preloaded_app_with_several_workers(serve: Serve, fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
-    """``gunicorn --preload``: the app is built before the fork; each worker builds its own client."""
-    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(fake_kubeconfig), "BIND_TOKEN_CACHE_TTL": "0"}
+    """``gunicorn --preload``: the app is built, and reviews once, before the fork; each worker builds its
+    own client rather than share the parent's open connection."""
     token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
-    with serve(TARGETS["flask"], env, workers=2, preload=True) as url:
-        for _ in range(20):
-            assert_ok(call(url, token), "system:serviceaccount:dns-system:external-dns")
-    assert fake_cluster.reviews_served == 20
+    env = {
+        "BIND_AUTH_MODE": "tokenreview",
+        "KUBECONFIG": str(fake_kubeconfig),
+        "BIND_TOKEN_CACHE_TTL": "0",
+        "TEST_REVIEW_AT_IMPORT": token,
+    }
+    with serve(TARGETS["flask"], env, workers=2, preload=True) as url, ThreadPoolExecutor(8) as pool:
+        # Concurrent, so that both workers answer: sharing one TLS connection corrupts its stream.
+        for response in pool.map(lambda _: call(url, token), range(40)):
+            assert_ok(response, "system:serviceaccount:dns-system:external-dns")
+    # The startup review, then the workers' own; concurrent requests share one (single flight).
+    assert 1 < fake_cluster.reviews_served <= 41

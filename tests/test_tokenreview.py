@@ -15,7 +15,7 @@ from flask_bindcar import AuthConfig, AuthError, Identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.cache import token_expiry
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, FakeCluster
-from tests.conftest import MakeAuth
+from tests.conftest import MakeAuth, service_account, who
 
 
 def failure(auth: Authenticator, token: str) -> str:
@@ -134,7 +134,8 @@ def test_no_user_information(cluster: FakeCluster, make_auth: MakeAuth) -> None:
 
 def test_namespace_restriction(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(allowed_namespaces="dns-system,kube-system")
-    assert auth.authenticate(f"Bearer {cluster.token('dns-system', 'test-sa', audiences=['bindcar'])}")
+    identity = auth.authenticate(f"Bearer {cluster.token('dns-system', 'test-sa', audiences=['bindcar'])}")
+    assert who(identity) == service_account("dns-system", "test-sa")
     assert failure(auth, cluster.token("default", "test-sa", audiences=["bindcar"])) == (
         "Token validation failed: ServiceAccount from unauthorized namespace: default"
     )
@@ -151,7 +152,8 @@ def test_namespace_restriction_fails_closed_for_non_service_accounts(cluster: Fa
 
 def test_service_account_allowlist(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(allowed_service_accounts="system:serviceaccount:dns-system:external-dns")
-    assert auth.authenticate(f"Bearer {cluster.token('dns-system', 'external-dns', audiences=['bindcar'])}")
+    identity = auth.authenticate(f"Bearer {cluster.token('dns-system', 'external-dns', audiences=['bindcar'])}")
+    assert who(identity) == service_account("dns-system", "external-dns")
     assert failure(auth, cluster.token("dns-system", "other-app", audiences=["bindcar"])) == (
         "Token validation failed: ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"
     )
@@ -176,7 +178,8 @@ def test_no_kubeconfig_and_not_in_a_cluster(cluster: FakeCluster) -> None:
 def test_default_kubeconfig_location_is_used(cluster: FakeCluster) -> None:
     cluster.write_kubeconfig(Path(os.environ["HOME"]) / ".kube" / "config")
     auth = Authenticator(AuthConfig.load({"mode": "tokenreview"}, environ={}))
-    assert auth.authenticate(f"Bearer {cluster.token('dns-system', 'external-dns', audiences=['bindcar'])}")
+    identity = auth.authenticate(f"Bearer {cluster.token('dns-system', 'external-dns', audiences=['bindcar'])}")
+    assert who(identity) == service_account("dns-system", "external-dns")
     assert auth.reviewer is not None and auth.reviewer.source == "kubeconfig ~/.kube/config"
 
 
@@ -334,7 +337,7 @@ def test_failures_are_cached_for_the_failure_ttl_but_api_errors_never(
         failure(auth, token)
         failure(auth, token)
     assert cluster.review_requests == 3
-    assert auth.authenticate(f"Bearer {token}").username
+    assert who(auth.authenticate(f"Bearer {token}")) == service_account("dns-system", "external-dns")
 
 
 def test_cache_lifetime_is_capped_by_token_expiry(cluster: FakeCluster, make_auth: MakeAuth) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import Flask, jsonify
@@ -25,3 +26,12 @@ def zones() -> Any:
 @auth_exempt
 def health() -> Any:
     return jsonify(status="ok")
+
+
+# A review at import, as an app checking its own setup at startup would: under ``gunicorn --preload``
+# it runs before the fork and leaves a client with an open connection that no worker may share.
+if os.environ.get("TEST_REVIEW_AT_IMPORT"):
+    startup = app.test_client().get(
+        "/api/v1/zones", headers={"Authorization": f"Bearer {os.environ['TEST_REVIEW_AT_IMPORT']}"}
+    )
+    assert startup.status_code == 200, startup.get_data(as_text=True)

@@ -1,0 +1,190 @@
+"""The Kubernetes client's side paths: where its configuration comes from, and answers it cannot use.
+
+Each ends in the seed's 401 with a message saying why, never in a 500 and never quoting the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.config import incluster_config
+
+from flask_bindcar import AuthConfig, AuthError
+from flask_bindcar.authenticator import Authenticator
+from flask_bindcar.errors import API_BAD_RESPONSE
+from flask_bindcar.kube import call_api, parse_review
+from flask_bindcar.testing import FakeCluster
+from tests.conftest import WATCH, service_account, who
+from tests.hostile_api import AUTHENTICATED, HostileAPI, http_reply, token_review
+
+VALIDATION = "Token validation failed: "
+API_FAILED = VALIDATION + "TokenReview API call failed: "
+CLIENT_FAILED = VALIDATION + "Failed to create Kubernetes client: "
+TOKEN = WATCH.add("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLW9mLXRoZS10ZXN0")
+
+
+@pytest.fixture
+def api() -> Iterator[HostileAPI]:
+    with HostileAPI() as server:
+        yield server
+
+
+def tokenreview(**settings: Any) -> Authenticator:
+    return Authenticator(AuthConfig.load({"mode": "tokenreview", **settings}, environ={}))
+
+
+def message_of(auth: Authenticator, token: str = TOKEN) -> str:
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {token}")
+    assert info.value.code == 401
+    return info.value.message
+
+
+# -- where the configuration comes from ----------------------------------------------------------
+
+
+def test_in_cluster_configuration(cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kubeconfig, KUBERNETES_SERVICE_HOST set: the ServiceAccount mount, read by the official loader."""
+    files = cluster.incluster_files(tmp_path / "serviceaccount")
+    # The loader reads fixed paths under /var/run/secrets; point the official module at ours.
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(files.token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(files.ca_crt))
+    for name, value in files.environ.items():
+        monkeypatch.setenv(name, value)
+    auth = tokenreview()
+    identity = auth.authenticate(f"Bearer {cluster.token('dns-system', 'external-dns', audiences=['bindcar'])}")
+    assert who(identity) == service_account("dns-system", "external-dns")
+    assert auth.reviewer is not None and auth.reviewer.source == "in-cluster ServiceAccount"
+
+
+def test_in_cluster_without_the_mount(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    assert message_of(tokenreview()) == CLIENT_FAILED + "ConfigException: Service token file does not exist."
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("", "ConfigException: Invalid kube-config. {path} file is empty"),
+        ("{}\n", "ConfigException: Invalid kube-config file. Expected key current-context in {path}"),
+        ("- a\n- b\n", "TypeError: list indices must be integers or slices, not str"),
+        ("users: 5\n", "TypeError: 'int' object is not iterable"),
+        # An exception of a type nobody expected: its text could quote the file, so only its type.
+        ("current-context: a\ncontexts:\n- name: a\n  context: 7\n", "AttributeError while loading the configuration"),
+    ],
+    ids=["empty", "no-context", "a-list", "users-not-a-list", "context-not-a-map"],
+)
+def test_a_malformed_kubeconfig(tmp_path: Path, content: str, why: str) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(content)
+    assert message_of(tokenreview(kubeconfig=str(path))) == CLIENT_FAILED + why.format(path=path)
+
+
+# -- answers that are not a usable TokenReview ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"<html>upstream connect error</html>", "HTTP 500 Internal"),
+        ({"kind": "Status", "message": 5}, "HTTP 500 Internal"),
+        (["a", "list"], "HTTP 500 Internal"),
+        ({"kind": "Status", "message": "etcd is down"}, "HTTP 500 Internal: etcd is down"),
+    ],
+    ids=["html", "message-not-a-string", "not-an-object", "status-message"],
+)
+def test_an_error_answer_without_a_usable_message(api: HostileAPI, tmp_path: Path, body: Any, why: str) -> None:
+    api.responder = lambda token: http_reply(500, body)
+    assert message_of(tokenreview(kubeconfig=str(api.write_kubeconfig(tmp_path)))) == API_FAILED + why
+
+
+def test_the_granted_audiences_are_those_both_asked_and_answered(api: HostileAPI, tmp_path: Path) -> None:
+    """A server answering with audiences nobody asked for grants none of them."""
+    kubeconfig = str(api.write_kubeconfig(tmp_path))
+    api.responder = lambda token: http_reply(201, token_review({**AUTHENTICATED, "audiences": ["other", "bindcar"]}))
+    identity = tokenreview(kubeconfig=kubeconfig, audiences="bindcar,dns").authenticate(f"Bearer {TOKEN}")
+    assert who(identity) == service_account("dns-system", "external-dns", ("bindcar",))
+    api.responder = lambda token: http_reply(201, token_review({**AUTHENTICATED, "audiences": ["other"]}))
+    assert message_of(tokenreview(kubeconfig=kubeconfig)) == VALIDATION + "Token audience is not valid for bindcar"
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"not json", "response is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "response is nested too deeply"),
+        (b"[]", "response is not a TokenReview with a status"),
+        (b'{"kind": "TokenReview"}', "response is not a TokenReview with a status"),
+        (b'{"status": 5}', "response is not a TokenReview with a status"),
+        (b'{"status": {"audiences": "bindcar"}}', "status.audiences is not a list of strings"),
+        (b'{"status": {"audiences": ["bindcar", 5]}}', "status.audiences is not a list of strings"),
+        (b'{"status": {"audiences": {"bindcar": true}}}', "status.audiences is not a list of strings"),
+    ],
+)
+def test_a_malformed_status(data: bytes, why: str) -> None:
+    with pytest.raises(AuthError) as info:
+        parse_review(data, TOKEN)
+    assert (info.value.message, info.value.reason) == (API_FAILED + why, API_BAD_RESPONSE)
+
+
+@pytest.mark.parametrize(
+    ("status", "authenticated", "error", "audiences"),
+    [
+        ({}, False, None, ()),
+        ({"audiences": None}, False, None, ()),
+        ({"authenticated": "true", "error": ""}, False, None, ()),  # only JSON true authenticates
+        ({"authenticated": False, "error": 5}, False, None, ()),
+        ({"authenticated": False, "error": "[invalid bearer token]"}, False, "[invalid bearer token]", ()),
+        ({"authenticated": True, "audiences": ["a", "b"]}, True, None, ("a", "b")),
+    ],
+)
+def test_a_status_read_field_by_field(
+    status: dict[str, Any], authenticated: bool, error: str | None, audiences: tuple[str, ...]
+) -> None:
+    outcome = parse_review(json.dumps(token_review(status)).encode(), TOKEN)
+    assert (outcome.authenticated, outcome.error, outcome.user, outcome.audiences) == (
+        authenticated,
+        error,
+        None,
+        audiences,
+    )
+
+
+def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug of the client ends in the documented answer, logged by type and stack, never its text."""
+
+    text = "-".join(["quoting", "the", "server"])  # the logged stack shows the lines, not the values
+
+    def call() -> Any:
+        raise LookupError(text)
+
+    with caplog.at_level(logging.ERROR, logger="flask_bindcar"), pytest.raises(AuthError) as info:
+        call_api(
+            call,
+            host="https://127.0.0.1:1",
+            timeout=1,
+            secret=TOKEN,
+            failed=lambda why, reason: AuthError.api_call_failed(why, reason=reason),
+        )
+    assert (info.value.message, info.value.reason) == (API_FAILED + "LookupError", API_BAD_RESPONSE)
+    [record] = caplog.records
+    assert record.getMessage().startswith("unexpected LookupError in the Kubernetes client\n")
+    assert text not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["kubernetes.client.rest", "kubernetes.client.api_client"])
+def test_the_clients_loggers_drop_response_bodies(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Versions of the client that log a response body at DEBUG would log the token a TokenReview echoes."""
+    client_logger = logging.getLogger(name)
+    with caplog.at_level(logging.DEBUG, logger=name):
+        client_logger.debug("response body: %s", TOKEN)
+        client_logger.debug("Response Body %s", TOKEN)
+        client_logger.debug("POST %s 201", "https://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews")
+    assert caplog.messages == ["POST https://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews 201"]
