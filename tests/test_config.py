@@ -89,6 +89,40 @@ def test_blank_non_list_variable_counts_as_unset() -> None:
 
 
 @pytest.mark.parametrize(
+    ("environ", "field", "value"),
+    [
+        *[({"BIND_REQUIRE_ALLOWLIST": raw}, "require_allowlist", True) for raw in ("1", "true", " Yes ", "ON")],
+        *[({"BIND_REQUIRE_ALLOWLIST": raw}, "require_allowlist", False) for raw in ("0", "false", "No", "off")],
+        ({"BIND_REQUIRE_ALLOWLIST": ""}, "require_allowlist", False),  # blank: unset, the default
+        ({"BIND_TOKEN_CACHE_SIZE": " 25 "}, "cache_size", 25),
+        ({"BIND_TOKEN_CACHE_SIZE": "1"}, "cache_size", 1),
+        ({"BIND_TOKEN_CACHE_SIZE": "  "}, "cache_size", 10000),
+        ({"BIND_AUTH_ERROR_DETAIL": " Generic "}, "error_detail", "generic"),
+        ({"BIND_AUTH_ERROR_DETAIL": "FULL"}, "error_detail", "full"),
+        ({"BIND_AUTH_MODE": " TokenReview "}, "mode", "tokenreview"),
+        ({"BIND_TOKEN_CACHE_TTL": "0"}, "cache_ttl", 0.0),
+        ({"BIND_TOKEN_CACHE_TTL": "3600"}, "cache_ttl", 3600.0),
+    ],
+)
+def test_flags_sizes_and_words(environ: dict[str, str], field: str, value: object) -> None:
+    assert getattr(AuthConfig.load(environ=environ), field) == value
+
+
+def test_keyword_flags_and_sizes_take_python_values() -> None:
+    config = AuthConfig.load({"require_allowlist": False, "protect_all": False, "cache_size": 7}, environ={})
+    assert (config.require_allowlist, config.protect_all, config.cache_size) == (False, False, 7)
+
+
+def test_a_blank_shared_secret_is_refused_not_ignored() -> None:
+    """Blank counts as unset for most variables, but a blank BIND_API_TOKEN would silently mean Basic mode."""
+    with pytest.raises(ConfigError) as info:
+        AuthConfig.load(environ={"BIND_API_TOKEN": " "})
+    assert str(info.value) == (
+        "BIND_API_TOKEN is not valid: expected a non-empty bearer token (letters, digits, -._~+/ and trailing =)"
+    )
+
+
+@pytest.mark.parametrize(
     ("environ", "message"),
     [
         ({"BIND_AUTH_MODE": "kerberos"}, "BIND_AUTH_MODE='kerberos' is not valid: expected 'basic' or 'tokenreview'"),
@@ -111,6 +145,19 @@ def test_blank_non_list_variable_counts_as_unset() -> None:
         (
             {"BIND_TOKEN_CACHE_SIZE": "0"},
             "BIND_TOKEN_CACHE_SIZE='0' is not valid: expected a whole number, 1 or more",
+        ),
+        (
+            {"BIND_TOKEN_CACHE_SIZE": "ten"},
+            "BIND_TOKEN_CACHE_SIZE='ten' is not valid: expected a whole number, 1 or more",
+        ),
+        (
+            {"BIND_TOKEN_CACHE_SIZE": "2.5"},
+            "BIND_TOKEN_CACHE_SIZE='2.5' is not valid: expected a whole number, 1 or more",
+        ),
+        ({"BIND_REQUIRE_ALLOWLIST": "maybe"}, "BIND_REQUIRE_ALLOWLIST='maybe' is not valid: expected true or false"),
+        (
+            {"BIND_AUTH_ERROR_DETAIL": "some"},
+            "BIND_AUTH_ERROR_DETAIL='some' is not valid: expected 'full' or 'generic'",
         ),
         (
             {"BIND_ALLOWED_SERVICE_ACCOUNTS": "external-dns"},

@@ -295,3 +295,25 @@ def test_failures_are_logged_with_request_but_not_token(caplog: pytest.LogCaptur
         "[reason=invalid_api_token remote_addr=127.0.0.1 method=GET path='/api/v1/zones']"
     )
     assert "not-the-secret-xyz" not in caplog.text
+
+
+def test_auth_required_without_the_extension_says_what_is_missing() -> None:
+    app = Flask(__name__)
+
+    @app.get("/zones")
+    @auth_required
+    def zones() -> Any:
+        return {}
+
+    app.testing = True
+    with pytest.raises(RuntimeError) as info:
+        app.test_client().get("/zones", headers=bearer("abc"))
+    assert str(info.value) == "@auth_required needs BindcarAuth(app) or BindcarAuth().init_app(app) first"
+
+
+def test_an_extension_asked_about_an_app_it_was_not_given() -> None:
+    auth, other = BindcarAuth(Flask("first")), Flask("other")
+    for ask in (auth.authenticator, auth.config):
+        with pytest.raises(RuntimeError) as info:
+            ask(other)
+        assert str(info.value) == "BindcarAuth.init_app() was not called for this app"

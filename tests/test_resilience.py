@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import RateLimited
 from flask_bindcar.ratelimit import FailureLimiter, Limit, parse_limit
 from flask_bindcar.testing import DEFAULT_CALLER, FakeCluster
-from tests.conftest import MakeAuth, service_account, who
+from tests.conftest import MakeAuth, keep_log, service_account, who
 from tests.gunicorn_server import TARGETS
 
 
@@ -223,6 +225,24 @@ def test_metrics(cluster: FakeCluster, make_auth: MakeAuth) -> None:
 
 
 # -- under gunicorn ----------------------------------------------------------------------------
+
+
+def test_without_prometheus_client_requests_are_served_and_nothing_is_counted() -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from flask import Flask\n"
+        "from flask_bindcar import BindcarAuth\n"
+        "from flask_bindcar.metrics import get_metrics\n"
+        "app = Flask('app')\n"
+        "app.get('/')(lambda: 'ok')\n"
+        "BindcarAuth(app, api_token='s3cret')\n"
+        "client = app.test_client()\n"
+        "print(client.get('/', headers={'Authorization': 'Bearer s3cret'}).status_code,\n"
+        "      client.get('/', headers={'Authorization': 'Bearer wrong'}).status_code, get_metrics())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    keep_log("no-prometheus", result.stdout, result.stderr)
+    assert result.stdout == "200 401 None\n"
 
 
 @pytest.mark.parametrize("flavor", sorted(TARGETS))
