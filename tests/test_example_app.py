@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from example_app.app import create_app
+from tests.conftest import keep_log
 from tests.gunicorn_server import ROOT, base_environment, free_port
 
 
@@ -123,6 +124,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                 break
         yield Demo(proc, port, workdir, "".join(output))
     finally:
+        server_log = workdir / "gunicorn.log"  # removed with the work folder when the demo stops
+        if server_log.exists():
+            keep_log("demo-gunicorn", server_log.read_text(errors="replace"))
         proc.terminate()
         assert proc.wait(timeout=15) == 0
     assert not workdir.exists()  # it cleans up after itself
