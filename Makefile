@@ -66,10 +66,12 @@ test-cluster: $(STAMP) cluster-assets
 	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/pytest --cluster -m cluster
 
 # Line and branch coverage of the library over the whole suite, the processes it starts included
-# (settings in setup.cfg's [coverage:*]). Not part of `make test`: it is slower.
+# (settings in setup.cfg's [coverage:*]), and the real-cluster tests when `make cluster-assets` has
+# built the binaries. Not part of `make test`: it is slower.
 coverage: $(STAMP)
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(abspath $(KUBE_ASSETS))} $(BIN)/coverage run -m pytest -q -p no:cacheprovider \
+		$$(test -x "$${KUBEBUILDER_ASSETS:-$(KUBE_ASSETS)}/kube-apiserver" && echo --cluster)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 

@@ -66,7 +66,12 @@ def test_in_cluster_without_the_mount(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
-    assert message_of(tokenreview()) == CLIENT_FAILED + "ConfigException: Service token file does not exist."
+    with pytest.raises(AuthError) as info:
+        tokenreview().authenticate(f"Bearer {TOKEN}")
+    assert (info.value.message, info.value.reason) == (
+        CLIENT_FAILED + "ConfigException: Service token file does not exist.",
+        "client_failed",
+    )
 
 
 @pytest.mark.parametrize(
@@ -102,6 +107,20 @@ def test_a_malformed_kubeconfig(tmp_path: Path, content: str, why: str) -> None:
 )
 def test_an_error_answer_without_a_usable_message(api: HostileAPI, tmp_path: Path, body: Any, why: str) -> None:
     api.responder = lambda token: http_reply(500, body)
+    assert message_of(tokenreview(kubeconfig=str(api.write_kubeconfig(tmp_path)))) == API_FAILED + why
+
+
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        ("", "HTTP 500"),
+        ("Internal Server Error", "HTTP 500 Internal Server Error"),
+        ("R" * 100, "HTTP 500 " + "R" * 61 + "..."),  # a reason phrase is cut at 64 characters
+    ],
+    ids=["empty", "usual", "long"],
+)
+def test_the_reason_phrase_of_an_error_answer(api: HostileAPI, tmp_path: Path, reason: str, why: str) -> None:
+    api.responder = lambda token: http_reply(500, b"", reason=reason)
     assert message_of(tokenreview(kubeconfig=str(api.write_kubeconfig(tmp_path)))) == API_FAILED + why
 
 
@@ -175,7 +194,10 @@ def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture)
         )
     assert (info.value.message, info.value.reason) == (API_FAILED + "LookupError", API_BAD_RESPONSE)
     [record] = caplog.records
-    assert record.getMessage().startswith("unexpected LookupError in the Kubernetes client\n")
+    headline, first, *_, last = record.getMessage().split("\n")
+    assert headline == "unexpected LookupError in the Kubernetes client"
+    assert first.startswith('  File "') and first.endswith(", in call_api")
+    assert last == "    raise LookupError(text)"  # the stack, to the line that raised
     assert text not in caplog.text
 
 

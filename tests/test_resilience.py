@@ -15,7 +15,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY, generate_latest
 
-from flask_bindcar import AuthConfig, AuthError, ConfigError
+from flask_bindcar import AuthConfig, AuthError, ConfigError, Identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import RateLimited
 from flask_bindcar.ratelimit import FailureLimiter, Limit, parse_limit
@@ -136,6 +136,40 @@ def test_rate_limit_memory_is_bounded() -> None:
     for i in range(1000):
         limiter.record_failure(f"10.0.{i // 256}.{i % 256}")
     assert len(limiter) == 100
+
+
+def test_rate_limit_forgets_the_least_recently_failing_client_first() -> None:
+    limiter = FailureLimiter(Limit(1, 60), max_clients=2)
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3"):  # .2 failed least recently
+        limiter.record_failure(client)
+    assert [limiter.retry_after(c) for c in ("10.0.0.1", "10.0.0.2", "10.0.0.3")] == [60, None, 60]
+
+
+def test_rate_limit_counts_requests_without_an_address_together() -> None:
+    limiter = FailureLimiter(Limit(2, 60))
+    limiter.record_failure(None)
+    assert limiter.retry_after(None) is None
+    limiter.record_failure(None)
+    assert (limiter.retry_after(None), limiter.retry_after("10.0.0.1")) == (60, None)
+
+
+def test_a_per_view_denial_is_audited_with_its_request(caplog: pytest.LogCaptureFixture) -> None:
+    auth = Authenticator(AuthConfig.load({"mode": "basic"}, environ={}))
+    identity = Identity(
+        method="tokenreview", username="system:serviceaccount:default:x", namespace="default", service_account="x"
+    )
+    assert auth.authorize(identity) is None  # no allowlist and no pod binding unless asked for
+    with caplog.at_level("INFO", logger="flask_bindcar.audit"), pytest.raises(AuthError):
+        auth.authorize(identity, namespaces={"dns-system"}, remote_addr="10.0.0.7", method="DELETE", path="/zones/a")
+    record = audit_records(caplog)[-1]
+    assert {k: record[k] for k in ("remote_addr", "method", "path", "result", "reason", "username")} == {
+        "remote_addr": "10.0.0.7",
+        "method": "DELETE",
+        "path": "/zones/a",
+        "result": "deny",
+        "reason": "namespace",
+        "username": "system:serviceaccount:default:x",
+    }
 
 
 # -- bulkhead ----------------------------------------------------------------------------------
