@@ -827,8 +827,12 @@ def test_example_delete_is_guarded_by_the_deployed_rbac(
         while not sar(any_cluster, probe)["status"]["allowed"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    client = Client(create_app(tmp_path / "zones"))  # a new app: no cached denial
-    headers = {"Authorization": f"Bearer {token}"}
-    assert client.post("/api/v1/zones", json={"name": "example.org"}, headers=headers).status_code == 201
-    response = call(client, token, path="/api/v1/zones/example.org")
-    assert (response.status_code, response.json["deleted"]) == (200, "example.org")
+    try:
+        client = Client(create_app(tmp_path / "zones"))  # a new app: no cached denial
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.post("/api/v1/zones", json={"name": "example.org"}, headers=headers).status_code == 201
+        response = call(client, token, path="/api/v1/zones/example.org")
+        assert (response.status_code, response.json["deleted"]) == (200, "example.org")
+    finally:  # the session's cluster is shared: its other tests revoke the caller's review permission
+        if isinstance(any_cluster, RealCluster):
+            any_cluster.kubectl("delete", "-f", "-", input=manifest)
