@@ -17,7 +17,7 @@ from kubernetes.config import incluster_config
 from flask_bindcar import AuthConfig, AuthError
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import API_BAD_RESPONSE
-from flask_bindcar.kube import call_api, parse_review
+from flask_bindcar.kube import MAX_SERVER_TEXT, call_api, parse_review, scrub
 from flask_bindcar.testing import FakeCluster
 from tests.conftest import WATCH, service_account, who
 from tests.hostile_api import AUTHENTICATED, HostileAPI, http_reply, token_review
@@ -210,3 +210,19 @@ def test_the_clients_loggers_drop_response_bodies(name: str, caplog: pytest.LogC
         client_logger.debug("Response Body %s", TOKEN)
         client_logger.debug("POST %s 201", "https://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews")
     assert caplog.messages == ["POST https://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews 201"]
+
+
+def test_an_authenticated_answer_naming_nobody_has_no_user() -> None:
+    for user in (None, {}, {"username": ""}, {"username": None, "groups": ["a"]}, ["system:anonymous"]):
+        outcome = parse_review(json.dumps(token_review({"authenticated": True, "user": user})).encode(), TOKEN)
+        assert (outcome.authenticated, outcome.user) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("length", "kept"),
+    [(MAX_SERVER_TEXT, MAX_SERVER_TEXT), (MAX_SERVER_TEXT + 1, MAX_SERVER_TEXT - 3)],
+    ids=["at-the-cap", "over-the-cap"],
+)
+def test_a_server_text_is_cut_only_past_the_cap(length: int, kept: int) -> None:
+    text = "x" * length
+    assert scrub(text, TOKEN) == ("x" * kept if kept == length else "x" * kept + "...")

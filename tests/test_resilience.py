@@ -225,7 +225,10 @@ def test_audit_records(cluster: FakeCluster, make_auth: MakeAuth, caplog: pytest
         "not_authenticated",
         "Token validation failed: token not authenticated",
     )
+    assert deny["cache"] == "miss"  # a denial says whether a review was sent, and how long it took
+    assert deny["review_latency_ms"] > 0
     assert (limited["result"], limited["reason"]) == ("rate_limited", "rate_limited")
+    assert (limited["cache"], limited["review_latency_ms"]) == (None, None)
     assert token not in caplog.text
 
 
