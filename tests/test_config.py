@@ -113,6 +113,29 @@ def test_keyword_flags_and_sizes_take_python_values() -> None:
     assert (config.require_allowlist, config.protect_all, config.cache_size) == (False, False, 7)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"allowed_namespaces": 5},
+            "allowed_namespaces=5 is not valid: expected a comma- or newline-separated list of namespaces",
+        ),
+        ({"kubeconfig": "  "}, "kubeconfig='  ' is not valid: expected a non-empty value"),
+    ],
+)
+def test_keyword_values_of_the_wrong_shape(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        AuthConfig.load(overrides, environ={})
+    assert str(info.value).startswith(message)
+
+
+def test_an_api_server_url_that_does_not_parse() -> None:
+    environ = {"BIND_AUTH_MODE": "tokenreview", "KUBE_API_SERVER": "https://[::1", "KUBE_TOKEN_PATH": "/t"}
+    with pytest.raises(ConfigError) as info:
+        AuthConfig.load(environ={**environ, "KUBE_CA_CERT_PATH": "/c"})
+    assert str(info.value).startswith("KUBE_API_SERVER='https://[::1' is not valid: expected an https:// URL")
+
+
 def test_a_blank_shared_secret_is_refused_not_ignored() -> None:
     """Blank counts as unset for most variables, but a blank BIND_API_TOKEN would silently mean Basic mode."""
     with pytest.raises(ConfigError) as info:
