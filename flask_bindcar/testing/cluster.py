@@ -212,7 +212,9 @@ class FakeCluster:
         server = _TLSServer((self._host, self._port), _Handler, ctx, self)
         self._server = server
         self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-cluster", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-cluster", daemon=True
+        )
         self._thread.start()
         return self
 
