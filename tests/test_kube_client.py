@@ -131,7 +131,34 @@ def test_the_granted_audiences_are_those_both_asked_and_answered(api: HostileAPI
     identity = tokenreview(kubeconfig=kubeconfig, audiences="bindcar,dns").authenticate(f"Bearer {TOKEN}")
     assert who(identity) == service_account("dns-system", "external-dns", ("bindcar",))
     api.responder = lambda token: http_reply(201, token_review({**AUTHENTICATED, "audiences": ["other"]}))
-    assert message_of(tokenreview(kubeconfig=kubeconfig)) == VALIDATION + "Token audience is not valid for bindcar"
+    with pytest.raises(AuthError) as info:
+        tokenreview(kubeconfig=kubeconfig).authenticate(f"Bearer {TOKEN}")
+    assert (info.value.message, info.value.reason) == (
+        VALIDATION + "Token audience is not valid for bindcar",
+        "audience",
+    )
+
+
+def test_who_the_api_server_vouched_for(api: HostileAPI, tmp_path: Path) -> None:
+    """A user without a uid has none (not the text "None"); an answer naming nobody is refused."""
+    kubeconfig = str(api.write_kubeconfig(tmp_path))
+    user = {"username": "jane", "groups": ["devs"]}
+    api.responder = lambda token: http_reply(201, token_review({**AUTHENTICATED, "user": user}))
+    identity = tokenreview(kubeconfig=kubeconfig).authenticate(f"Bearer {TOKEN}")
+    assert (identity.username, identity.uid, identity.groups, identity.extra, identity.namespace) == (
+        "jane",
+        None,
+        ("devs",),
+        {},
+        None,
+    )
+    api.responder = lambda token: http_reply(201, token_review({**AUTHENTICATED, "user": {}}))
+    with pytest.raises(AuthError) as info:
+        tokenreview(kubeconfig=kubeconfig).authenticate(f"Bearer {TOKEN}")
+    assert (info.value.message, info.value.reason) == (
+        VALIDATION + "No user information in TokenReview response",
+        "no_user",
+    )
 
 
 @pytest.mark.parametrize(
@@ -226,3 +253,29 @@ def test_an_authenticated_answer_naming_nobody_has_no_user() -> None:
 def test_a_server_text_is_cut_only_past_the_cap(length: int, kept: int) -> None:
     text = "x" * length
     assert scrub(text, TOKEN) == ("x" * kept if kept == length else "x" * kept + "...")
+
+
+@pytest.mark.parametrize(
+    ("user", "why"),
+    [
+        ({"username": "jane", "uid": "u" * 1025}, "status.user holds a text over 1024 characters"),
+        ({"username": "jane", "uid": TOKEN[10:30]}, "status.user holds part of the token"),
+    ],
+    ids=["uid-too-long", "uid-echoing-the-token"],
+)
+def test_the_uid_is_checked_like_every_text(user: dict[str, Any], why: str) -> None:
+    with pytest.raises(AuthError) as info:
+        parse_review(json.dumps(token_review({"authenticated": True, "user": user})).encode(), TOKEN)
+    assert info.value.message == API_FAILED + why
+
+
+def test_a_text_of_the_longest_length_is_accepted() -> None:
+    user = {"username": "j" * 1024, "uid": "u" * 1024, "groups": ["g" * 1024]}
+    outcome = parse_review(json.dumps(token_review({"authenticated": True, "user": user})).encode(), TOKEN)
+    assert outcome.user == {"username": "j" * 1024, "uid": "u" * 1024, "groups": ("g" * 1024,), "extra": {}}
+
+
+def test_echoes_are_found_whole_and_only_whole() -> None:
+    # Two pieces of the token side by side are one redaction; a piece shorter than 16 stays.
+    assert scrub(f"a {TOKEN[:16]}{TOKEN[30:46]} b", TOKEN) == "a [REDACTED] b"
+    assert scrub(f"ends with {TOKEN[:15]}", TOKEN) == f"ends with {TOKEN[:15]}"

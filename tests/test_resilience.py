@@ -60,6 +60,16 @@ def test_stale_review_is_not_used_when_the_api_server_refuses_us(cluster: FakeCl
     assert message_of(auth, token).startswith("Token validation failed: TokenReview API call failed: HTTP 403")
 
 
+def test_a_failure_is_never_served_stale(cluster: FakeCluster, make_auth: MakeAuth) -> None:
+    """The stale window keeps successful reviews only: an outage never replays a "not authenticated"."""
+    auth = make_auth(cache_failure_ttl=0, cache_stale_ttl=60)
+    assert message_of(auth, "invalid-token") == "Token validation failed: token not authenticated"
+    with cluster.faulty("error500"):
+        assert message_of(auth, "invalid-token").startswith(
+            "Token validation failed: TokenReview API call failed: HTTP 500"
+        )
+
+
 def test_stale_is_off_by_default(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(cache_ttl=0)
     token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])

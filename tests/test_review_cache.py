@@ -178,6 +178,7 @@ def jwt(payload: bytes) -> str:
         (jwt(b'{"exp": 1700000000}'), 1700000000.0),
         (jwt(b'{"exp": 1700000000.5}'), 1700000000.5),
         (jwt(json.dumps({"exp": 1, "sub": "x" * 7}).encode()), 1.0),  # a payload needing padding
+        (jwt(b'{"exp": 1700000000.25}'), 1700000000.25),  # 30 characters: two "=" of padding
         ("a.b", None),
         ("a.b.c.d", None),
         ("not-a-jwt", None),

@@ -329,6 +329,7 @@ def test_cache_off_with_zero_ttl(cluster: FakeCluster, make_auth: MakeAuth) -> N
         auth.authenticate(f"Bearer {token}")
         failure(auth, "invalid-token")
     assert cluster.reviews_served == 6
+    assert auth.cache is not None and len(auth.cache) == 0  # nothing is kept, not even expired
 
 
 def test_failures_are_cached_for_the_failure_ttl_but_api_errors_never(
