@@ -189,6 +189,8 @@ def test_a_malformed_status(data: bytes, why: str) -> None:
         ({"authenticated": False, "error": 5}, False, None, ()),
         ({"authenticated": False, "error": "[invalid bearer token]"}, False, "[invalid bearer token]", ()),
         ({"authenticated": True, "audiences": ["a", "b"]}, True, None, ("a", "b")),
+        # The user of an answer that does not authenticate is neither read nor checked.
+        ({"authenticated": False, "user": {"username": "jane", "groups": 5}}, False, None, ()),
     ],
 )
 def test_a_status_read_field_by_field(
@@ -279,3 +281,8 @@ def test_echoes_are_found_whole_and_only_whole() -> None:
     # Two pieces of the token side by side are one redaction; a piece shorter than 16 stays.
     assert scrub(f"a {TOKEN[:16]}{TOKEN[30:46]} b", TOKEN) == "a [REDACTED] b"
     assert scrub(f"ends with {TOKEN[:15]}", TOKEN) == f"ends with {TOKEN[:15]}"
+
+
+def test_without_a_token_to_scrub_the_error_is_kept_whole() -> None:
+    outcome = parse_review(json.dumps(token_review({"error": "XXXX: not a token we know"})).encode())
+    assert outcome.error == "XXXX: not a token we know"

@@ -70,6 +70,22 @@ def test_a_failure_is_never_served_stale(cluster: FakeCluster, make_auth: MakeAu
         )
 
 
+def test_a_review_cached_for_under_a_second_is_reused(cluster: FakeCluster, make_auth: MakeAuth) -> None:
+    auth = make_auth(cache_ttl=0.9)
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    auth.authenticate(f"Bearer {token}")
+    auth.authenticate(f"Bearer {token}")
+    assert cluster.reviews_served == 1
+
+
+def test_a_stale_window_under_a_second_is_used(cluster: FakeCluster, make_auth: MakeAuth) -> None:
+    auth = make_auth(cache_ttl=0, cache_stale_ttl=0.9)
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    auth.authenticate(f"Bearer {token}")
+    with cluster.faulty("error500"):
+        assert who(auth.authenticate(f"Bearer {token}")) == service_account("dns-system", "external-dns")
+
+
 def test_stale_is_off_by_default(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(cache_ttl=0)
     token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
@@ -196,14 +212,18 @@ def test_bulkhead_fails_fast_beyond_the_inflight_limit(cluster: FakeCluster, mak
         try:
             return str(auth.authenticate(f"Bearer {token}").username)
         except AuthError as e:
-            return e.message
+            return f"{e.message} [{e.reason}]"
 
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(call, tokens))
     ok = [r for r in results if r.startswith("system:serviceaccount:")]
     refused = [r for r in results if not r.startswith("system:serviceaccount:")]
     assert len(ok) == 2
-    assert refused == ["Token validation failed: TokenReview API call failed: 2 TokenReviews already in flight"] * 3
+    assert (
+        refused
+        == ["Token validation failed: TokenReview API call failed: 2 TokenReviews already in flight [api_overloaded]"]
+        * 3
+    )
     assert cluster.review_requests == 2
 
 
@@ -256,6 +276,7 @@ def test_metrics(cluster: FakeCluster, make_auth: MakeAuth) -> None:
         "hit": sample("bindcar_tokenreview_cache_total", outcome="hit"),
         "miss": sample("bindcar_tokenreview_cache_total", outcome="miss"),
         "reviews": sample("bindcar_tokenreview_duration_seconds_count"),
+        "seconds": sample("bindcar_tokenreview_duration_seconds_sum"),
     }
     auth.authenticate(f"Bearer {token}")
     auth.authenticate(f"Bearer {token}")
@@ -265,6 +286,7 @@ def test_metrics(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     assert sample("bindcar_tokenreview_cache_total", outcome="hit") == before["hit"] + 1
     assert sample("bindcar_tokenreview_cache_total", outcome="miss") == before["miss"] + 2
     assert sample("bindcar_tokenreview_duration_seconds_count") == before["reviews"] + 2
+    assert 0 < sample("bindcar_tokenreview_duration_seconds_sum") - before["seconds"] < 5  # two quick reviews
     assert sample("bindcar_tokenreview_inflight") == 0
     exposition = generate_latest().decode()
     assert token not in exposition
