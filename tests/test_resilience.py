@@ -249,6 +249,7 @@ def test_audit_records(cluster: FakeCluster, make_auth: MakeAuth, caplog: pytest
     assert miss["auth_method"] == "tokenreview"
     assert miss["cache"] == "miss"
     assert miss["review_latency_ms"] > 0
+    assert isinstance(miss["review_latency_ms"], float)  # milliseconds to the microsecond, not whole
     assert (hit["cache"], hit["review_latency_ms"]) == ("hit", None)
     assert (deny["result"], deny["reason"], deny["message"]) == (
         "deny",
