@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from flask_bindcar.cache import CacheResult
+from flask_bindcar.cache import FOLLOWER_GRACE, CacheResult
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.errors import (
     API_BAD_RESPONSE,
@@ -96,7 +96,12 @@ class _Flight:
 
 class DecisionCache:
     """Bounded LRU of decisions by (caller, attributes), allowed and denied for their own TTLs,
-    with single flight: concurrent identical questions share one review. Outages are not stored."""
+    with single flight: concurrent identical questions share one review. Outages are not stored.
+
+    A request waiting on another's review waits ``wait_timeout`` (the review's bound) plus
+    `FOLLOWER_GRACE`, as the TokenReview cache's waiters do: every request that shared a review
+    gets its answer or its error, even its timeout.
+    """
 
     def __init__(self, *, allowed_ttl: float, denied_ttl: float, max_size: int, wait_timeout: float):
         self.allowed_ttl = allowed_ttl
@@ -124,8 +129,9 @@ class DecisionCache:
             if flight is None:
                 flight = self._flights[key] = _Flight()
         if not leader:
-            if not flight.done.wait(self.wait_timeout):
-                raise _unavailable(f"no answer within {self.wait_timeout:g}s", API_UNREACHABLE)
+            wait = self.wait_timeout + FOLLOWER_GRACE  # past the review's bound: its error, even a timeout, comes first
+            if not flight.done.wait(wait):
+                raise _unavailable(f"no answer within {wait:g}s", API_UNREACHABLE)
             if flight.error is not None:
                 raise flight.error
             if flight.decision is None:  # the leader was stopped by a BaseException (a killed greenlet)

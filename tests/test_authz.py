@@ -21,7 +21,9 @@ from flask import Flask, jsonify
 from werkzeug.test import Client
 
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth, BindcarMiddleware, auth_required, current_identity
-from flask_bindcar.errors import ConfigError
+from flask_bindcar.authz import Decision, DecisionCache
+from flask_bindcar.cache import FOLLOWER_GRACE
+from flask_bindcar.errors import API_UNREACHABLE, AuthzUnavailable, ConfigError
 from flask_bindcar.testing import FakeCluster, RealCluster
 from flask_bindcar.testing.real import ApiError
 from tests.gunicorn_server import TARGETS
@@ -836,3 +838,70 @@ def test_example_delete_is_guarded_by_the_deployed_rbac(
     finally:  # the session's cluster is shared: its other tests revoke the caller's review permission
         if isinstance(any_cluster, RealCluster):
             any_cluster.kubectl("delete", "-f", "-", input=manifest)
+
+
+# -- the decision cache on its own: the waiters' bound ------------------------------------------
+
+
+def _decision_cache(wait_timeout: float = 0.2) -> DecisionCache:
+    return DecisionCache(allowed_ttl=10, denied_ttl=10, max_size=10, wait_timeout=wait_timeout)
+
+
+def test_authz_waiters_get_the_leaders_error_even_a_timeout() -> None:
+    """The leader's own timeout, at the review bound, reaches the waiters before their wait ends."""
+    cache, started = _decision_cache(0.2), threading.Event()
+
+    def review() -> Decision:
+        started.set()
+        time.sleep(0.3)  # the review's deadline (0.2 s), and the way back of its error, a little later
+        raise AuthzUnavailable("no answer within 0.2s", reason=API_UNREACHABLE)
+
+    def ask(into: list[Any]) -> None:
+        try:
+            into.append(cache.get_or_review("key", review))
+        except AuthzUnavailable as e:
+            into.append(e)
+
+    led: list[Any] = []
+    leader = threading.Thread(target=ask, args=(led,))
+    leader.start()
+    assert started.wait(5)
+    got: list[Any] = []
+    waiters = [threading.Thread(target=ask, args=(got,)) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    for t in [*waiters, leader]:
+        t.join(30)
+    [error] = led
+    assert isinstance(error, AuthzUnavailable)
+    assert len(got) == 4
+    assert all(e is error for e in got)
+
+
+def test_an_authz_waiter_waits_the_review_bound_plus_the_grace_then_gives_up() -> None:
+    cache, started, release = _decision_cache(0.2), threading.Event(), threading.Event()
+    allowed = Decision(allowed=True, reason="RBAC: allowed")
+
+    def review() -> Decision:
+        started.set()
+        release.wait(30)  # a leader stuck past its bound, which the review itself should never be
+        return allowed
+
+    led: list[Any] = []
+    leader = threading.Thread(target=lambda: led.append(cache.get_or_review("key", review)))
+    leader.start()
+    try:
+        assert started.wait(5)
+        begun = time.monotonic()
+        with pytest.raises(AuthzUnavailable) as info:
+            cache.get_or_review("key", review)
+        took = time.monotonic() - begun
+    finally:
+        release.set()
+    leader.join(5)
+    assert FOLLOWER_GRACE == 1.0
+    assert info.value.message == UNAVAILABLE + "no answer within 1.2s"
+    assert info.value.reason == API_UNREACHABLE
+    assert 1.2 <= took < 3
+    assert led == [(allowed, "miss")]  # the leader's answer is its own, late or not
+    assert cache.get_or_review("key", review) == (allowed, "hit")
