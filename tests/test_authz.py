@@ -26,6 +26,7 @@ from flask_bindcar.cache import FOLLOWER_GRACE
 from flask_bindcar.errors import API_UNREACHABLE, AuthzUnavailable, ConfigError
 from flask_bindcar.testing import FakeCluster, RealCluster
 from flask_bindcar.testing.real import ApiError
+from tests.conftest import WATCH
 from tests.gunicorn_server import TARGETS
 
 Cluster = FakeCluster | RealCluster
@@ -905,3 +906,413 @@ def test_an_authz_waiter_waits_the_review_bound_plus_the_grace_then_gives_up() -
     assert 1.2 <= took < 3
     assert led == [(allowed, "miss")]  # the leader's answer is its own, late or not
     assert cache.get_or_review("key", review) == (allowed, "hit")
+
+
+# -- each RBAC decision's log line and audit record ----------------------------------------------
+
+
+def test_each_decision_has_its_log_line_and_audit_record(
+    fake: FakeCluster, fake_kc: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from flask_bindcar.authenticator import Authenticator
+    from flask_bindcar.errors import AccessDenied
+
+    def count(result: str) -> float:
+        return REGISTRY.get_sample_value("bindcar_authorization_total", {"result": result}) or 0.0
+
+    sa, pod = f"sa-{uuid.uuid4().hex[:6]}", f"pod-{uuid.uuid4().hex[:6]}"
+    user = f"system:serviceaccount:dns-system:{sa}"
+    fake.allow(user, "delete", "zones", group=GROUP, binding="zones-deleter")
+    token = fake.token("dns-system", sa, audiences=["bindcar"], pod=pod)
+    auth = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    identity = auth.authenticate(f"Bearer {token}")
+    before = {r: count(r) for r in ("allowed", "denied", "unavailable")}
+    zone = {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"}
+
+    def ask(method: str, view_args: dict[str, str], name: str = "example.com") -> Exception | None:
+        try:
+            auth.check_access(
+                identity,
+                ZONE_RBAC,
+                method=method,
+                path=f"/zones/{name}",
+                view_args=view_args,
+                remote_addr="10.1.2.3",
+            )
+        except (AccessDenied, AuthzUnavailable) as e:
+            return e
+        return None
+
+    with caplog.at_level("INFO", logger="flask_bindcar"):
+        assert ask("DELETE", {"name": "example.com"}) is None
+        assert ask("DELETE", {"name": "example.com"}) is None  # from the cache
+        denied = ask("GET", {"name": "example.com"})
+        no_name = ask("DELETE", {})
+        with fake.faulty("error500"):
+            outage = ask("DELETE", {"name": "a.org"}, "a.org")
+    assert isinstance(denied, AccessDenied) and isinstance(no_name, AuthzUnavailable)
+    assert isinstance(outage, AuthzUnavailable)
+
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authorization ")]
+    forbidden = f'Forbidden: {user} cannot get zones.{GROUP} "example.com"'
+    failed = UNAVAILABLE + "HTTP 500 Internal Server Error: Internal error occurred: etcdserver: request timed out"
+    assert lines == [
+        f"authorization denied: {forbidden} [reason=rbac_denied review_reason=None remote_addr=10.1.2.3 method=GET "
+        "path='/zones/example.com']",
+        f"authorization unavailable: {UNAVAILABLE}the route has no view argument 'name' [reason=bad_template "
+        "review_reason=None remote_addr=10.1.2.3 method=DELETE path='/zones/example.com']",
+        f"authorization unavailable: {failed} [reason=api_server_error review_reason=None remote_addr=10.1.2.3 "
+        "method=DELETE path='/zones/a.org']",
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records if r.getMessage().startswith("authorization "))
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert error.getMessage() == (
+        f"RBAC{ZONE_RBAC.summary()!r} names the view argument 'name', which this route does not have"
+    )
+
+    records = [r.bindcar_audit for r in caplog.records if getattr(r, "bindcar_audit", {}).get("authorization")]
+    for record in records:
+        assert record.pop("time").endswith("+00:00")
+    latencies = [r.pop("review_latency_ms") for r in records]
+    assert latencies[1] is None and latencies[3] is None  # a cache hit, a request that asked nothing
+    assert all(isinstance(latencies[i], float) and latencies[i] > 0 for i in (0, 2, 4))
+    common = {"remote_addr": "10.1.2.3", "username": user, "auth_method": "tokenreview", "pod_name": pod}
+    allowed_by = 'RBAC: allowed by ClusterRoleBinding "zones-deleter" of ClusterRole "zones-deleter" to ServiceAccount '
+    allowed_by += f'"{sa}/dns-system"'
+    allowed = {
+        **common,
+        "method": "DELETE",
+        "path": "/zones/example.com",
+        "result": "allow",
+        "reason": None,
+        "message": None,
+        "authorization": {"verb": "delete", "attributes": zone, "decision": "allowed", "reason": allowed_by},
+    }
+    assert records == [
+        {**allowed, "cache": "miss"},
+        {**allowed, "cache": "hit"},
+        {
+            **common,
+            "method": "GET",
+            "path": "/zones/example.com",
+            "result": "deny",
+            "reason": "rbac_denied",
+            "message": forbidden,
+            "cache": "miss",
+            "authorization": {
+                "verb": "get",
+                "attributes": {**zone, "verb": "get"},
+                "decision": "denied",
+                "reason": None,
+            },
+        },
+        {
+            **common,
+            "method": "DELETE",
+            "path": "/zones/example.com",
+            "result": "unavailable",
+            "reason": "bad_template",
+            "message": UNAVAILABLE + "the route has no view argument 'name'",
+            "cache": None,
+            "authorization": {"verb": None, "attributes": None, "decision": "unavailable", "reason": None},
+        },
+        {
+            **common,
+            "method": "DELETE",
+            "path": "/zones/a.org",
+            "result": "unavailable",
+            "reason": "api_server_error",
+            "message": failed,
+            "cache": None,
+            "authorization": {
+                "verb": "delete",
+                "attributes": {**zone, "name": "a.org"},
+                "decision": "unavailable",
+                "reason": None,
+            },
+        },
+    ]
+    assert {r: count(r) - before[r] for r in before} == {"allowed": 2, "denied": 1, "unavailable": 2}
+    assert token not in caplog.text
+
+
+def test_a_denials_review_reason_is_logged_never_answered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.hostile_api import AUTHENTICATED, HostileAPI, http_reply, token_review
+
+    denial = {"allowed": False, "reason": "no RBAC policy matched", "evaluationError": 'role "zones" not found'}
+
+    def answer(token: str) -> Any:
+        if token:
+            return http_reply(201, token_review(AUTHENTICATED))
+        return http_reply(
+            201, {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "status": denial}
+        )
+
+    user = AUTHENTICATED["user"]["username"]  # type: ignore[index]
+    with HostileAPI(answer) as api, caplog.at_level("INFO", logger="flask_bindcar"):
+        client = wsgi_app(api.write_kubeconfig(tmp_path), review_timeout=2)
+        headers = {"Authorization": "Bearer " + WATCH.add("a-token-the-hostile-server-vouches-for")}
+        response = client.delete("/zones/example.com", headers=headers, environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    forbidden = f'Forbidden: {user} cannot delete zones.{GROUP} "example.com"'
+    assert (response.status_code, response.json) == (403, {"error": forbidden})
+    reason = 'no RBAC policy matched; role "zones" not found'
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authorization ")]
+    assert line == (
+        f"authorization denied: {forbidden} [reason=rbac_denied review_reason={reason!r} remote_addr=10.9.8.7 "
+        "method=DELETE path='/zones/example.com']"
+    )
+    [record] = [r.bindcar_audit for r in caplog.records if getattr(r, "bindcar_audit", {}).get("authorization")]
+    assert record["authorization"]["reason"] == reason
+    assert (record["result"], record["reason"], record["message"]) == ("deny", "rbac_denied", forbidden)
+
+
+# -- the SubjectAccessReview client: the TokenReview's own, bounded the same way ---------------------
+
+
+def test_the_authorization_api_is_the_per_process_client(fake: FakeCluster, fake_kc: Path) -> None:
+    import os
+    import select
+    import signal
+
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    reviewer = KubeTokenReviewer(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    authz = reviewer.authorization_api()
+    assert authz.api_client is reviewer.api().api_client
+    assert reviewer.authorization_api() is authz
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            child = reviewer.authorization_api()
+            ok = child is not authz and child.api_client is reviewer.api().api_client
+            ok = ok and reviewer.authorization_api() is child
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answered, _, _ = select.select([read], [], [], 30)  # a hung child fails this test, not the run
+    if not answered:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert answered, "the forked child did not answer within 30 s"
+    assert os.read(read, 1) == b"1"
+    assert reviewer.authorization_api() is authz
+
+
+def test_a_subjectaccessreview_to_a_server_that_never_accepts_ends_at_the_timeout(
+    fake: FakeCluster, tmp_path: Path
+) -> None:
+    """A black hole: the listen queue is full, so the connection is never made (SYNs are dropped).
+
+    Only the client's own connect timeout ends that wait; the review's deadline bounds the rest.
+    """
+    import json
+    import socket
+
+    from flask_bindcar.authz import _unavailable
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(4):  # fill the accept queue; later connections wait for a SYN-ACK that never comes
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            queued.append(s)
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        config = json.loads(kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        kubeconfig.write_text(json.dumps(config))
+        settings = {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}
+        reviewer = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
+        started = time.monotonic()
+        with pytest.raises(AuthzUnavailable) as info:
+            reviewer.access_review({"spec": {"user": "someone"}}, _unavailable)
+        took = time.monotonic() - started
+    finally:
+        for s in [*queued, listener]:
+            s.close()
+    assert (info.value.message, info.value.reason) == (UNAVAILABLE + "no answer within 0.5s", API_UNREACHABLE)
+    assert 0.5 <= took < 2
+
+
+def test_rbac_on_a_view_in_basic_mode_is_503(caplog: pytest.LogCaptureFixture) -> None:
+    from flask_bindcar.authz import NOT_CONFIGURED
+
+    secret = WATCH.add("a-basic-secret-for-the-rbac-test")
+    app = Flask(__name__)
+    BindcarAuth(app, mode="basic", api_token=secret)
+
+    @app.delete("/zones/<name>")
+    @auth_required(rbac=ZONE_RBAC)
+    def zone(name: str) -> Any:
+        return jsonify(zone=name)
+
+    with caplog.at_level("INFO", logger="flask_bindcar"):
+        headers = {"Authorization": f"Bearer {secret}"}
+        response = Client(app).delete("/zones/example.com", headers=headers, environ_base={"REMOTE_ADDR": "10.4.4.4"})
+    assert (response.status_code, response.json) == (503, {"error": UNAVAILABLE + NOT_CONFIGURED})
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authorization ")]
+    assert line.endswith(
+        "[reason=not_configured review_reason=None remote_addr=10.4.4.4 method=DELETE path='/zones/example.com']"
+    )
+    [record] = [r.bindcar_audit for r in caplog.records if getattr(r, "bindcar_audit", {}).get("authorization")]
+    assert (record["result"], record["reason"], record["auth_method"]) == (
+        "unavailable",
+        "not_configured",
+        "shared-secret",
+    )
+    assert record["authorization"] == {
+        "verb": "delete",
+        "attributes": {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"},
+        "decision": "unavailable",
+        "reason": None,
+    }
+
+
+# -- the decision cache, the answer and the subject, on their own --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"[" * 100_000, "response is nested too deeply"),
+        (b"not json", "response is not JSON"),
+        (b'["a", "list"]', "response is not a SubjectAccessReview with a status"),
+        (b'{"status": "yes"}', "response is not a SubjectAccessReview with a status"),
+        (b'{"kind": "SubjectAccessReview"}', "response is not a SubjectAccessReview with a status"),
+    ],
+    ids=["deep", "not-json", "a-list", "status-not-a-map", "no-status"],
+)
+def test_an_answer_that_is_not_a_subjectaccessreview(data: bytes, why: str) -> None:
+    from flask_bindcar.authz import parse_access_review
+    from flask_bindcar.errors import API_BAD_RESPONSE
+
+    with pytest.raises(AuthzUnavailable) as info:
+        parse_access_review(data)
+    assert (info.value.message, info.value.reason) == (UNAVAILABLE + why, API_BAD_RESPONSE)
+
+
+@pytest.mark.parametrize(
+    ("status", "decision"),
+    [
+        ({"allowed": True}, (True, None)),
+        ({"allowed": True, "denied": True, "reason": "r"}, (False, "r")),
+        ({"allowed": "true"}, (False, None)),
+        ({"allowed": False, "reason": "", "evaluationError": "e"}, (False, "e")),
+        ({"allowed": False, "reason": 5, "evaluationError": ["e"]}, (False, None)),
+        ({"allowed": False, "reason": "r", "evaluationError": "e"}, (False, "r; e")),
+    ],
+)
+def test_the_decision_of_an_answer(status: dict[str, Any], decision: tuple[bool, str | None]) -> None:
+    import json
+
+    from flask_bindcar.authz import parse_access_review
+
+    assert parse_access_review(json.dumps({"status": status}).encode()) == Decision(*decision)
+
+
+def test_the_subject_is_what_the_tokenreview_said_and_nothing_more() -> None:
+    from flask_bindcar.authz import subject
+    from flask_bindcar.identity import Identity
+
+    assert subject(Identity(method="tokenreview", username="alice")) == {"user": "alice"}
+    full = Identity(method="tokenreview", username="bob", uid="u-1", groups=("g",), extra={"k": ("v", "w")})
+    assert subject(full) == {"user": "bob", "uid": "u-1", "groups": ["g"], "extra": {"k": ["v", "w"]}}
+
+
+def test_the_decision_cache_forgets_expired_and_least_recent_answers() -> None:
+    yes, no = Decision(allowed=True), Decision(allowed=False)
+    cache = DecisionCache(allowed_ttl=10, denied_ttl=0.2, max_size=2, wait_timeout=1)
+    asked: list[str] = []
+
+    def answer(key: str, decision: Decision) -> Callable[[], Decision]:
+        def review() -> Decision:
+            asked.append(key)
+            return decision
+
+        return review
+
+    assert cache.get_or_review("a", answer("a", yes)) == (yes, "miss")
+    assert cache.get_or_review("b", answer("b", no)) == (no, "miss")
+    assert cache.get_or_review("a", answer("a", yes)) == (yes, "hit")  # a is the most recent now
+    assert cache.get_or_review("c", answer("c", yes)) == (yes, "miss")  # b, the least recent, goes
+    assert len(cache) == 2
+    assert cache.get_or_review("a", answer("a", yes)) == (yes, "hit")
+    assert cache.get_or_review("b", answer("b", no)) == (no, "miss")
+    time.sleep(0.25)
+    assert cache.get_or_review("b", answer("b", no)) == (no, "miss")  # the denial expired
+    assert asked == ["a", "b", "c", "b", "b"]
+
+
+class Killed(BaseException):
+    """Stands for what stops a greenlet without an `Exception` (gevent's ``GreenletExit``)."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "why", "reason"),
+    [
+        (Killed(), "the review was abandoned", API_UNREACHABLE),
+        (ZeroDivisionError("a bug"), "ZeroDivisionError", "api_bad_response"),
+    ],
+)
+def test_a_review_that_ends_without_an_answer(
+    raised: BaseException, why: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, started, go = _decision_cache(5), threading.Event(), threading.Event()
+
+    def review() -> Decision:
+        started.set()
+        go.wait(5)
+        raise raised
+
+    led: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            cache.get_or_review("key", review)
+        except BaseException as e:
+            led.append(e)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert started.wait(5)
+    threading.Timer(0.2, go.set).start()
+    with pytest.raises(AuthzUnavailable) as info:
+        cache.get_or_review("key", review)
+    leader.join(5)
+    assert (info.value.message, info.value.reason) == (UNAVAILABLE + why, reason)
+    if isinstance(raised, Killed):
+        assert led == [raised]
+    else:
+        assert led == [info.value]  # the same error for the leader and each waiter
+        assert "unexpected ZeroDivisionError in a SubjectAccessReview" in caplog.text
+    assert len(cache) == 0
+
+
+def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, tmp_path: Path) -> None:
+    from flask_bindcar.authenticator import Authenticator
+    from flask_bindcar.authz import Authorizer
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    _, token = new_caller(fake)
+    identity = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    who = identity.authenticate(f"Bearer {token}")
+    broken = tmp_path / "broken-kubeconfig"
+    broken.write_text("{}\n")
+    config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
+
+    slots = threading.BoundedSemaphore(1)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
+    with pytest.raises(AuthzUnavailable) as info:
+        authorizer.check(who, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
+    why = f"Invalid kube-config file. Expected key current-context in {broken}"
+    assert info.value.message == UNAVAILABLE + "Failed to create Kubernetes client: ConfigException: " + why
+    assert slots.acquire(blocking=False)  # the slot was given back
