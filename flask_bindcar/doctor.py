@@ -346,7 +346,7 @@ def _context(config: AuthConfig, source: str) -> str:
 def _why(e: BaseException) -> str:
     status = getattr(e, "status", None)
     if status:
-        return f"HTTP {status} {getattr(e, 'reason', '')}".rstrip()
+        return f"HTTP {status} {getattr(e, 'reason', None) or ''}".rstrip()
     return f"{type(e).__name__}: {e}"[:300]
 
 

@@ -238,3 +238,119 @@ def test_no_allowlist_is_one_warning_at_startup(fake_kubeconfig: Path, caplog: p
         "flask-bindcar is in TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: "
         "every ServiceAccount of the cluster is accepted."
     )
+
+
+# -- in process: the side paths of doctor and review ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "threads"),
+    [
+        ("", None),
+        ("--threads 8", 8),
+        ("--threads=4 --workers 2", 4),
+        ("--threads", None),
+        ("--threads many", None),
+        ("-k gevent --threads 8", None),
+        ("--worker-class=eventlet --threads=8", None),
+        ("--threads 8 -k gthread", 8),
+        ("--bind 'unclosed", None),
+    ],
+)
+def test_gunicorn_threads_from_gunicorn_cmd_args(args: str, threads: int | None) -> None:
+    from flask_bindcar.doctor import gunicorn_threads
+
+    assert gunicorn_threads({"GUNICORN_CMD_ARGS": args}) == threads
+
+
+@pytest.mark.parametrize(
+    ("token", "subject"),
+    [
+        (None, None),
+        ("not-a-jwt", None),
+        ("a.b", None),
+        ("a.!!!.c", None),
+        ("a." + "bm90IGpzb24" + ".c", None),  # "not json"
+        ("a." + "WzFd" + ".c", None),  # [1]
+        ("a." + "eyJzdWIiOiJhbGljZSJ9" + ".c", "alice"),  # {"sub":"alice"}
+    ],
+)
+def test_the_subject_of_the_callers_own_token(token: str | None, subject: str | None) -> None:
+    from flask_bindcar.doctor import _jwt_subject
+
+    assert _jwt_subject(token) == subject
+
+
+def test_why_a_call_failed() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from flask_bindcar.doctor import _why
+
+    assert _why(ApiException(status=403, reason="Forbidden")) == "HTTP 403 Forbidden"
+    assert _why(ApiException(status=500, reason=None)) == "HTTP 500"  # not "HTTP 500 None"
+    assert _why(ValueError("x" * 400)) == ("ValueError: " + "x" * 400)[:300]
+
+
+def test_review_in_basic_mode() -> None:
+    from flask_bindcar.doctor import review
+
+    config = AuthConfig.load({"mode": "basic", "api_token": "the-doctor-basic-secret"}, environ={})
+    report, identity, error = review(config, "the-doctor-basic-secret")
+    assert error is None and identity is not None and identity.method == "shared-secret"
+    assert [(c.name, c.status, c.detail) for c in report.checks] == [
+        ("header", "pass", "a well-formed bearer token of 23 characters"),
+        ("basic mode", "pass", "accepted (shared-secret)"),
+        ("result", "pass", report.checks[-1].detail),
+    ]
+    report, identity, error = review(config, "Bearer another-token")
+    assert identity is None and error is not None
+    assert [(c.name, c.status) for c in report.checks[:2]] == [("header", "pass"), ("basic mode", "fail")]
+    assert report.checks[1].detail == error.message
+    open_config = AuthConfig.load({"mode": "basic"}, environ={})
+    report, identity, error = review(open_config, "anything-well-formed")
+    assert error is None and identity is not None and identity.method == "basic"
+    assert report.checks[1].detail == "accepted (basic)"
+
+
+def test_review_of_a_route_whose_rbac_cannot_be_asked(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    from flask_bindcar import RBAC
+    from flask_bindcar.doctor import Route, review
+
+    rbac = RBAC(resource="zones", name="{name}")
+    basic = AuthConfig.load({"mode": "basic"}, environ={})
+    report, identity, error = review(basic, "a-well-formed-token", Route("DELETE", "/zones/x", "zone", rbac=rbac))
+    assert identity is None and error is not None and error.reason == "not_configured"
+    assert [c.name for c in report.checks][-2:] == ["rbac", "result"]
+    config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}, environ={})
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    report, identity, error = review(config, token, Route("DELETE", "/zones/x", "zone", rbac=rbac))
+    assert identity is None and error is not None and error.reason == "bad_template"
+    [rbac_check] = [c for c in report.checks if c.name == "rbac"]
+    assert (rbac_check.status, rbac_check.detail) == (
+        "fail",
+        "Authorization unavailable: SubjectAccessReview API call failed: the route has no view argument 'name'",
+    )
+
+
+def test_doctor_when_the_permission_cannot_be_asked(tmp_path: Path) -> None:
+    """The API server answers /version, but not the permission questions: each check says so."""
+    from tests.hostile_api import HostileAPI, http_reply
+
+    odd = http_reply(200, {"gitVersion": "v1.99.0", "status": "not a map"})
+    with HostileAPI(lambda token: odd) as api:
+        settings = {"mode": "tokenreview", "kubeconfig": str(api.write_kubeconfig(tmp_path)), "rbac": "path"}
+        checks = {c.name: c for c in doctor(AuthConfig.load(settings, environ={})).checks}
+    assert (checks["api server"].status, checks["client"].detail) == (
+        "pass",
+        "created from kubeconfig " + f"{tmp_path / 'hostile-kubeconfig'}, context hostile",
+    )
+    assert (checks["permission"].status, checks["permission"].detail) == (
+        "fail",
+        "could not ask whether this client may create tokenreviews: AttributeError: 'str' object has no attribute "
+        "'get'",
+    )
+    assert (checks["authorization permission"].status, checks["authorization permission"].detail) == (
+        "fail",
+        "could not ask whether this client may create subjectaccessreviews: AttributeError: 'str' object has no "
+        "attribute 'get'",
+    )
