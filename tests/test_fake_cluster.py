@@ -386,3 +386,95 @@ def test_misbehaving_answers(cluster: FakeCluster, auth_api: Any, fault: Any, mi
     status = json.loads(response.data)["status"]
     assert status["authenticated"] is True
     assert missing not in status
+
+
+# -- the stand-in's edges: what kube-apiserver answers to requests it cannot serve -----------------
+
+
+def test_requests_the_stand_in_cannot_serve(cluster: FakeCluster) -> None:
+    import requests
+
+    def ask(method: str, path: str, body: Any = None, token: str | None = cluster.caller_token, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = requests.request(
+            method, cluster.url + path, json=body, headers=headers, verify=str(cluster.ca_path), timeout=10, **kw
+        )
+        return response.status_code, response.json().get("reason"), response.json().get("message")
+
+    not_found = (404, "NotFound", "the server could not find the requested resource")
+    assert ask("GET", "/apis/nothing/here") == not_found
+    assert ask("DELETE", "/apis/nothing/here") == not_found
+    assert ask("POST", "/apis/nothing/here", {}) == not_found
+    assert ask("GET", "/api/v1/namespaces/dns-system/serviceaccounts/nobody") == (
+        404,
+        "NotFound",
+        'serviceaccounts "nobody" not found',
+    )
+    assert ask("GET", "/api/v1/serviceaccounts", token=None) == (401, "Unauthorized", "Unauthorized")
+    assert ask("GET", "/api/v1/serviceaccounts", token="not-a-token-it-knows") == (401, "Unauthorized", "Unauthorized")
+    not_allowed = (405, "MethodNotAllowed", "the server does not allow this method")
+    assert ask("DELETE", "/api/v1/namespaces/dns-system/serviceaccounts") == not_allowed
+    assert ask("POST", "/api/v1/namespaces/dns-system/serviceaccounts/bindcar") == not_allowed
+    assert ask("POST", "/api/v1/namespaces/dns-system/serviceaccounts", {"metadata": {}}) == (
+        400,
+        "BadRequest",
+        "serviceaccounts must have metadata.name",
+    )
+    assert ask("POST", "/api/v1/namespaces/dns-system/serviceaccounts", data=b"{not json") == (
+        400,
+        "BadRequest",
+        "serviceaccounts must have metadata.name",
+    )
+    assert ask("POST", "/api/v1/namespaces/dns-system/serviceaccounts/bindcar/token", ["a list"]) == (
+        400,
+        "BadRequest",
+        "the body of the request is not a valid TokenRequest",
+    )
+    sar = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+    ssar = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    assert ask("POST", sar, {"spec": {}}, token=None) == (401, "Unauthorized", "Unauthorized")
+    assert ask("POST", ssar, {"spec": {}}, token=None) == (401, "Unauthorized", "Unauthorized")
+    assert ask("POST", sar, {"kind": "TokenReview", "spec": {}}) == (
+        400,
+        "BadRequest",
+        "the body of the request is not a valid SubjectAccessReview",
+    )
+    assert ask("POST", ssar, {"spec": "no"}) == (
+        400,
+        "BadRequest",
+        "the body of the request is not a valid SelfSubjectAccessReview",
+    )
+
+
+def test_pods_are_created_listed_and_deleted_through_the_api(cluster: FakeCluster) -> None:
+    import requests
+
+    headers = {"Authorization": f"Bearer {cluster.caller_token}"}
+    base = cluster.url + "/api/v1/namespaces/apps/pods"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"}, "spec": {"serviceAccountName": "web"}}
+    created = requests.post(base, json=pod, headers=headers, verify=str(cluster.ca_path), timeout=10)
+    assert created.status_code == 201
+    assert (created.json()["metadata"]["name"], created.json()["spec"]["serviceAccountName"]) == ("web-0", "web")
+    listed = requests.get(base, headers=headers, verify=str(cluster.ca_path), timeout=10).json()
+    assert (listed["kind"], [p["metadata"]["name"] for p in listed["items"]]) == ("PodList", ["web-0"])
+    deleted = requests.delete(f"{base}/web-0", headers=headers, verify=str(cluster.ca_path), timeout=10)
+    assert deleted.status_code == 200
+    assert ("apps", "web-0") not in cluster.pods
+
+
+def test_the_stand_in_before_it_starts_and_with_an_unknown_fault() -> None:
+    cluster = FakeCluster()
+    with pytest.raises(RuntimeError, match=r"^FakeCluster is not started$"):
+        cluster.port  # noqa: B018
+    with pytest.raises(ValueError, match=r"^unknown fault 'flaky'; one of "), cluster.faulty("flaky"):  # type: ignore[arg-type]
+        pass
+    assert cluster.fault is None
+    assert cluster.start() is cluster.start()  # starting twice is starting once
+    cluster.stop()
+
+
+def test_the_public_key_verifies_the_tokens(cluster: FakeCluster) -> None:
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    assert cluster.public_key_pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    claims = jwt.decode(token, cluster.public_key_pem, algorithms=["RS256"], audience="bindcar")
+    assert claims["sub"] == "system:serviceaccount:dns-system:external-dns"
