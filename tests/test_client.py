@@ -229,3 +229,46 @@ def test_the_readme_pod_spec_is_the_client_deployments() -> None:
     assert shown["containers"][0]["volumeMounts"] == pod["containers"][0]["volumeMounts"]
     assert "ServiceAccountTokenAuth()" in section
     assert DEFAULT_TOKEN_PATH in section
+
+
+def test_a_token_path_that_is_not_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError) as info:
+        ServiceAccountTokenAuth(tmp_path).token()
+    assert str(info.value) == f"Cannot read the ServiceAccount token file {tmp_path}: Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("claims", "warning"),
+    [
+        ({"aud": "bindcar"}, None),
+        ({"aud": "vault"}, "is for vault, not bindcar"),
+        ({"aud": ["vault", "sts"]}, "is for vault, sts, not bindcar"),
+        ({"sub": "no aud at all"}, "is for no audience, not bindcar"),
+        ({"aud": 7}, "is for no audience, not bindcar"),
+        (None, None),  # not a JWT: nothing to advise on
+        ("[1]", "is for no audience, not bindcar"),  # a payload that is not a map
+    ],
+)
+def test_the_audience_hint_reads_any_aud(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, claims: Any, warning: str | None
+) -> None:
+    import base64
+    import json
+
+    if claims is None:
+        token = "an-opaque-token-not-a-jwt"
+    else:
+        payload = claims if isinstance(claims, str) else json.dumps(claims)
+        token = "e30." + base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=") + ".c2ln"
+    path = tmp_path / "token"
+    path.write_text(token)
+    with caplog.at_level(logging.WARNING, logger="flask_bindcar"):
+        assert ServiceAccountTokenAuth(path, audience_hint="bindcar").token() == token
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"The token in {path} {warning}: the API will refuse it. Set audience: bindcar in the pod's "
+            "serviceAccountToken projection."
+        ]
