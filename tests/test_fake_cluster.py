@@ -478,3 +478,55 @@ def test_the_public_key_verifies_the_tokens(cluster: FakeCluster) -> None:
     assert cluster.public_key_pem.startswith(b"-----BEGIN PUBLIC KEY-----")
     claims = jwt.decode(token, cluster.public_key_pem, algorithms=["RS256"], audience="bindcar")
     assert claims["sub"] == "system:serviceaccount:dns-system:external-dns"
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--token", "no-slash"], "--token 'no-slash': expected NS/NAME[:AUD,...]"),
+        (["--token", "a/b/c"], "--token 'a/b/c': expected NS/NAME[:AUD,...]"),
+        (["--token", "/b"], "--token '/b': expected NS/NAME[:AUD,...]"),
+        (["--real", "--port", "6443"], "--port is for the stand-in; --real picks free ports"),
+    ],
+)
+def test_standalone_refuses_bad_arguments(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from flask_bindcar.testing.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m flask_bindcar.testing: error: {error}"
+
+
+def test_standalone_real_without_the_binaries_says_how_to_build_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flask_bindcar.testing.__main__ import main
+
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
+    assert main(["--real"]) == 2
+    assert capsys.readouterr().err.startswith("RealCluster needs etcd, kube-apiserver, kubectl in KUBEBUILDER_ASSETS")
+
+
+def test_standalone_prints_the_kubeconfig_and_each_token(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask_bindcar.testing", "--dir", str(tmp_path), "--token", "apps/web:one,two"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(6)]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    kubeconfig = tmp_path / "kubeconfig"
+    assert lines[0].startswith("FakeCluster serving at https://127.0.0.1:")
+    assert lines[1:4] == [
+        f"kubeconfig: {kubeconfig}",
+        f"  export KUBECONFIG={kubeconfig}",
+        "token for apps/web (audience one,two):",
+    ]
+    claims = jwt.decode(lines[4].strip(), options={"verify_signature": False})
+    assert (claims["sub"], claims["aud"]) == ("system:serviceaccount:apps:web", ["one", "two"])
+    assert lines[5] == "Ctrl-C to stop."
