@@ -1316,3 +1316,29 @@ def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, 
     why = f"Invalid kube-config file. Expected key current-context in {broken}"
     assert info.value.message == UNAVAILABLE + "Failed to create Kubernetes client: ConfigException: " + why
     assert slots.acquire(blocking=False)  # the slot was given back
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"resource": "zones", "name": "{"}, "RBAC(name='{') is not a valid template: "),
+        ({"path": True, "name": "{name}"}, "RBAC(path=True) checks the request path: give no namespace or name"),
+        ({"path": True, "namespace": "dns"}, "RBAC(path=True) checks the request path: give no namespace or name"),
+    ],
+)
+def test_more_bad_rbac(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        RBAC(**kwargs)
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize(("value", "path"), [("path", True), (" PATH ", True), ("none", None), ("off", None)])
+def test_bind_authz_values(value: str, path: bool | None) -> None:
+    config = AuthConfig.load(environ={"BIND_AUTH_MODE": "tokenreview", "BIND_AUTHZ": value})
+    assert (config.rbac.path if config.rbac is not None else None) == path
+
+
+def test_bind_authz_refuses_anything_else() -> None:
+    with pytest.raises(ConfigError) as e:
+        AuthConfig.load(environ={"BIND_AUTH_MODE": "tokenreview", "BIND_AUTHZ": "rbac"})
+    assert str(e.value) == "BIND_AUTHZ='rbac' is not valid: expected 'path', 'none' or (in code) an RBAC(...)"

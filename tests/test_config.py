@@ -264,3 +264,28 @@ def test_dotenv_file_is_read_without_overriding_the_environment(tmp_path: Path) 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
     )
     assert out.stdout.split() == ["from-dotenv", "from-env"]
+
+
+def test_the_cli_reports_a_bad_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flask_bindcar.__main__ import main
+
+    monkeypatch.setenv("BIND_AUTH_MODE", "kerberos")
+    assert main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("✘ configuration: BIND_AUTH_MODE='kerberos' is not valid")
+
+
+def test_an_unknown_name_of_the_package_is_an_attribute_error() -> None:
+    import flask_bindcar
+
+    with pytest.raises(AttributeError, match=r"^module 'flask_bindcar' has no attribute 'Nothing'$"):
+        flask_bindcar.Nothing  # noqa: B018
+
+
+def test_a_wsgi_target_that_is_not_callable() -> None:
+    from flask_bindcar.middleware import load_app
+
+    with pytest.raises(TypeError, match=r"^flask_bindcar.config:INSTALL_HINT is not a WSGI application$"):
+        load_app("flask_bindcar.config:INSTALL_HINT")
