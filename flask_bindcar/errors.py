@@ -9,7 +9,6 @@ it, and, being itself a WSGI application, the middleware answers with it directl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from werkzeug.exceptions import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
@@ -225,11 +224,3 @@ class AuthzUnavailable(ServiceUnavailable):
 
 BindcarError = (AuthError, RateLimited, AccessDenied, AuthzUnavailable)
 """What the adapters answer a request with instead of passing it on."""
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Remove each secret from ``text``: a reason built from a server's answer may echo one."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
-    return text
