@@ -111,6 +111,30 @@ class InClusterFiles:
     environ: dict[str, str]
 
 
+def bound_token_claims(
+    sa: ServiceAccount,
+    audiences: Iterable[str] | None,
+    expires_in: float,
+    pod: Pod | None = None,
+    not_before: float | None = None,
+) -> dict[str, Any]:
+    """The claims kube-apiserver puts in a bound ServiceAccount token (TokenRequest)."""
+    now = int(time.time())
+    k8s: dict[str, Any] = {"namespace": sa.namespace, "serviceaccount": {"name": sa.name, "uid": sa.uid}}
+    if pod is not None:
+        k8s["pod"] = {"name": pod.name, "uid": pod.uid}
+    return {
+        "aud": list(audiences) if audiences is not None else [API_AUDIENCE],
+        "exp": now + int(expires_in),
+        "iat": now,
+        "iss": ISSUER,
+        "jti": str(uuid.uuid4()),
+        "kubernetes.io": k8s,
+        "nbf": int(not_before) if not_before is not None else now,
+        "sub": sa.username,
+    }
+
+
 def write_kubeconfig_file(path: str | Path, name: str, server: str, ca_path: Path, token: str, namespace: str) -> Path:
     """A kubeconfig (JSON, which every YAML loader reads) presenting ``token`` to ``server``; mode 0600."""
     path = Path(path)
@@ -392,24 +416,7 @@ class FakeCluster:
         pod: Pod | None,
         not_before: float | None = None,
     ) -> str:
-        namespace, name = sa.namespace, sa.name
-        now = int(time.time())
-        nbf = int(not_before) if not_before is not None else now
-        claims: dict[str, Any] = {
-            "aud": list(audiences) if audiences is not None else [API_AUDIENCE],
-            "exp": now + int(expires_in),
-            "iat": now,
-            "iss": ISSUER,
-            "jti": str(uuid.uuid4()),
-            "kubernetes.io": {
-                "namespace": namespace,
-                "serviceaccount": {"name": name, "uid": sa.uid},
-            },
-            "nbf": nbf,
-            "sub": sa.username,
-        }
-        if pod is not None:
-            claims["kubernetes.io"]["pod"] = {"name": pod.name, "uid": pod.uid}
+        claims = bound_token_claims(sa, audiences, expires_in, pod, not_before)
         return self._sign(claims)
 
     def legacy_token(self, namespace: str, name: str) -> str:

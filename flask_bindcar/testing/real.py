@@ -42,6 +42,7 @@ from flask_bindcar.testing.cluster import (
     InClusterFiles,
     Pod,
     ServiceAccount,
+    bound_token_claims,
     write_incluster_files,
     write_kubeconfig_file,
 )
@@ -505,20 +506,7 @@ class RealCluster:
         auds = list(audiences) if audiences is not None else None
         if expires_in >= 600 and not_before is None:
             return self._token_request(namespace, name, auds, int(expires_in), bound)
-        now = int(time.time())
-        k8s: dict[str, Any] = {"namespace": namespace, "serviceaccount": {"name": name, "uid": sa.uid}}
-        if bound is not None:
-            k8s["pod"] = {"name": bound.name, "uid": bound.uid}
-        claims = {
-            "aud": auds if auds is not None else [API_AUDIENCE],
-            "exp": now + int(expires_in),
-            "iat": now,
-            "iss": ISSUER,
-            "jti": str(uuid.uuid4()),
-            "kubernetes.io": k8s,
-            "nbf": int(not_before) if not_before is not None else now,
-            "sub": sa.username,
-        }
+        claims = bound_token_claims(sa, auds, expires_in, bound, not_before)
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._kid})
 
     def _token_request(
