@@ -1006,23 +1006,28 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _may_create(self, resource: str, group: str) -> bool:
+        """Whether the caller may create ``resource`` reviews (both need ``system:auth-delegator``);
+        if not, the 401 or the 403 Status kube-apiserver sends has been answered."""
+        caller = self.cluster._caller(self.headers.get("Authorization"))
+        if caller is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return False
+        if not self.cluster.can_review(caller):
+            message = (
+                f'{resource}.{group} is forbidden: User "{caller}" cannot create resource "{resource}" '
+                f'in API group "{group}" at the cluster scope'
+            )
+            self._send_json(403, _status(403, "Forbidden", message, {"group": group, "kind": resource}))
+            return False
+        return True
+
     def _token_review(self, raw: bytes) -> None:
         cluster = self.cluster
         cluster._count_review(_spec_token(raw))
         if self._apply_fault():
             return
-        caller = cluster._caller(self.headers.get("Authorization"))
-        if caller is None:
-            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
-            return
-        if not cluster.can_review(caller):
-            message = (
-                f'tokenreviews.authentication.k8s.io is forbidden: User "{caller}" cannot create resource '
-                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope'
-            )
-            self._send_json(
-                403, _status(403, "Forbidden", message, {"group": "authentication.k8s.io", "kind": "tokenreviews"})
-            )
+        if not self._may_create("tokenreviews", "authentication.k8s.io"):
             return
         review = self._decode(raw, "TokenReview")
         if review is None:
@@ -1067,17 +1072,7 @@ class _Handler(BaseHTTPRequestHandler):
             cluster.access_review_requests += 1
         if self._apply_fault():
             return
-        caller = cluster._caller(self.headers.get("Authorization"))
-        if caller is None:
-            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
-            return
-        if not cluster.can_review(caller):
-            message = (
-                f'subjectaccessreviews.authorization.k8s.io is forbidden: User "{caller}" cannot create resource '
-                '"subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope'
-            )
-            details = {"group": "authorization.k8s.io", "kind": "subjectaccessreviews"}
-            self._send_json(403, _status(403, "Forbidden", message, details))
+        if not self._may_create("subjectaccessreviews", "authorization.k8s.io"):
             return
         review = self._decode(raw, "SubjectAccessReview")
         if review is None:
