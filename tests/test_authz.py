@@ -23,7 +23,7 @@ from werkzeug.test import Client
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth, BindcarMiddleware, auth_required, current_identity
 from flask_bindcar.authz import Decision, DecisionCache
 from flask_bindcar.cache import FOLLOWER_GRACE
-from flask_bindcar.errors import API_UNREACHABLE, AuthzUnavailable, ConfigError
+from flask_bindcar.errors import API_OVERLOADED, API_UNREACHABLE, AuthzUnavailable, ConfigError
 from flask_bindcar.testing import FakeCluster, RealCluster
 from flask_bindcar.testing.real import ApiError
 from tests.conftest import WATCH
@@ -676,11 +676,16 @@ def test_audit_record_and_metrics(
     def count(result: str) -> float:
         return REGISTRY.get_sample_value("bindcar_authorization_total", {"result": result}) or 0.0
 
+    def seconds() -> float:
+        return REGISTRY.get_sample_value("bindcar_subjectaccessreview_duration_seconds_sum") or 0.0
+
     before = {r: count(r) for r in ("allowed", "denied", "unavailable")}
     client = flask_app(fake_kc)
+    observed, started = seconds(), time.perf_counter()
     with caplog.at_level("INFO", logger="flask_bindcar.audit"):
         assert call(client, zone_caller[1]).status_code == 200
         assert call(client, zone_caller[1], method="GET").status_code == 403
+    assert 0 < seconds() - observed <= time.perf_counter() - started  # two reviews, timed inside the requests
     records = [r.bindcar_audit for r in caplog.records if hasattr(r, "bindcar_audit")]
     authz = [r for r in records if r["authorization"] is not None]
     assert [(r["result"], r["authorization"]["decision"]) for r in authz] == [("allow", "allowed"), ("deny", "denied")]
@@ -931,7 +936,10 @@ def test_each_decision_has_its_log_line_and_audit_record(
     before = {r: count(r) for r in ("allowed", "denied", "unavailable")}
     zone = {"verb": "delete", "group": GROUP, "resource": "zones", "name": "example.com"}
 
+    walls: list[float] = []  # each ask's own wall time in ms: the review latency it logs is within it
+
     def ask(method: str, view_args: dict[str, str], name: str = "example.com") -> Exception | None:
+        started = time.perf_counter()
         try:
             auth.check_access(
                 identity,
@@ -943,6 +951,8 @@ def test_each_decision_has_its_log_line_and_audit_record(
             )
         except (AccessDenied, AuthzUnavailable) as e:
             return e
+        finally:
+            walls.append((time.perf_counter() - started) * 1000)
         return None
 
     with caplog.at_level("INFO", logger="flask_bindcar"):
@@ -977,7 +987,9 @@ def test_each_decision_has_its_log_line_and_audit_record(
         assert record.pop("time").endswith("+00:00")
     latencies = [r.pop("review_latency_ms") for r in records]
     assert latencies[1] is None and latencies[3] is None  # a cache hit, a request that asked nothing
-    assert all(isinstance(latencies[i], float) and latencies[i] > 0 for i in (0, 2, 4))
+    for i in (0, 2, 4):  # a review that answered, one that denied, one that failed: in ms, to the microsecond
+        assert isinstance(latencies[i], float) and 0 < latencies[i] <= walls[i]
+        assert latencies[i] == round(latencies[i], 3)
     common = {"remote_addr": "10.1.2.3", "username": user, "auth_method": "tokenreview", "pod_name": pod}
     allowed_by = 'RBAC: allowed by ClusterRoleBinding "zones-deleter" of ClusterRole "zones-deleter" to ServiceAccount '
     allowed_by += f'"{sa}/dns-system"'
@@ -1315,7 +1327,73 @@ def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, 
         authorizer.check(who, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = f"Invalid kube-config file. Expected key current-context in {broken}"
     assert info.value.message == UNAVAILABLE + "Failed to create Kubernetes client: ConfigException: " + why
+    assert info.value.reason == "client_failed"
     assert slots.acquire(blocking=False)  # the slot was given back
+
+
+def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
+    fake: FakeCluster, fake_kc: Path, tmp_path: Path
+) -> None:
+    """Whatever an outage's text holds (here a client error quoting a long path), the 503 stays bounded."""
+    from flask_bindcar.authenticator import Authenticator
+    from flask_bindcar.authz import Authorizer
+    from flask_bindcar.kube import MAX_SERVER_TEXT, KubeTokenReviewer
+
+    _, token = new_caller(fake)
+    who = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    identity = who.authenticate(f"Bearer {token}")
+    deep = tmp_path.joinpath(*["d" * 200] * 8)  # a path of over 1,600 characters, in 200-character names
+    deep.mkdir(parents=True)
+    broken = deep / "kubeconfig"
+    broken.write_text("{}\n")
+    config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
+    authorizer = Authorizer(config, KubeTokenReviewer(config), threading.BoundedSemaphore(1), None)
+    with pytest.raises(AuthzUnavailable) as info:
+        authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
+    why = "Failed to create Kubernetes client: ConfigException: "
+    why += f"Invalid kube-config file. Expected key current-context in {broken}"
+    assert len(why) > 3 * MAX_SERVER_TEXT
+    assert info.value.message == UNAVAILABLE + why[: 2 * MAX_SERVER_TEXT]
+
+
+def test_a_full_bulkhead_asks_nothing_and_is_api_overloaded(fake: FakeCluster, fake_kc: Path) -> None:
+    from flask_bindcar.authenticator import Authenticator
+    from flask_bindcar.authz import Authorizer
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    _, token = new_caller(fake)
+    config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc), "review_max_inflight": 1}, environ={})
+    identity = Authenticator(config).authenticate(f"Bearer {token}")
+    slots = threading.BoundedSemaphore(1)
+    assert slots.acquire(blocking=False)  # a TokenReview holds the only slot
+    authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
+    before = fake.access_review_requests
+    with pytest.raises(AuthzUnavailable) as info:
+        authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
+    assert (info.value.message, info.value.reason) == (UNAVAILABLE + "1 reviews already in flight", API_OVERLOADED)
+    assert fake.access_review_requests == before
+
+
+def test_callers_who_differ_only_in_extra_are_asked_about_apart(fake: FakeCluster, fake_kc: Path) -> None:
+    """One ServiceAccount in two Pods: the same user, uid and groups, another ``extra``; an authorizer
+    may answer them differently (a webhook reading the Pod), so one's decision is not the other's."""
+    from flask_bindcar.authenticator import Authenticator
+
+    sa = f"sa-{uuid.uuid4().hex[:6]}"
+    fake.allow(f"system:serviceaccount:dns-system:{sa}", "delete", "zones", group=GROUP)
+    auth = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    first, second = (
+        auth.authenticate(f"Bearer {fake.token('dns-system', sa, audiences=['bindcar'], pod=f'{sa}-{i}')}")
+        for i in range(2)
+    )
+    assert (first.username, first.uid, first.groups) == (second.username, second.uid, second.groups)
+    assert first.extra != second.extra
+    before = fake.access_review_requests
+    for identity in (first, second, first, second):
+        auth.check_access(
+            identity, ZONE_RBAC, method="DELETE", path="/zones/x", view_args={"name": "x"}, remote_addr="10.1.2.3"
+        )
+    assert fake.access_review_requests - before == 2  # one each, then each from the cache
 
 
 @pytest.mark.parametrize(

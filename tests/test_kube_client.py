@@ -224,8 +224,9 @@ def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture)
         )
     assert (info.value.message, info.value.reason) == (API_FAILED + "LookupError", API_BAD_RESPONSE)
     [record] = caplog.records
-    headline, first, *_, last = record.getMessage().split("\n")
+    headline, first, *rest, last = record.getMessage().split("\n")
     assert headline == "unexpected LookupError in the Kubernetes client"
+    assert all(line.startswith("  ") for line in rest)  # frames as traceback prints them, nothing between
     assert first.startswith('  File "') and os.path.join("flask_bindcar", "kube.py") + '", line ' in first
     assert last == "    raise LookupError(text)"  # the stack, to the line that raised
     assert text not in caplog.text
