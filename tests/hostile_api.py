@@ -13,7 +13,7 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ class Reply:
     raw: bytes
     drip_from: int | None = None
     interval: float = 0.5
+    close: bool = False
+    """Hang up once sent (a dripped reply always does): the end of an answer with no length."""
 
 
 def http_reply(
@@ -188,7 +190,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 self.server.api.requests += 1
                 reply = self.server.api.responder(token)
                 self.server.api._send(conn, reply)
-                if reply.drip_from is not None:
+                if reply.drip_from is not None or reply.close:
                     return
         except OSError:
             return
@@ -197,3 +199,35 @@ class _Handler(socketserver.BaseRequestHandler):
                 self.server.connections.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """An ``https://`` address on 127.0.0.1 that never completes a connection.
+
+    Its listen queue is full, so the kernel drops further SYNs: a client waits for a SYN-ACK that
+    never comes, and only its own connect timeout ends the wait.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(4):  # fill the accept queue
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            queued.append(s)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        for s in [*queued, listener]:
+            s.close()
+
+
+def pointed_at(kubeconfig: Path, server: str) -> Path:
+    """``kubeconfig`` with its cluster's server changed to ``server``, in place."""
+    config = json.loads(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = server
+    kubeconfig.write_text(json.dumps(config))
+    return kubeconfig

@@ -28,6 +28,7 @@ from flask_bindcar.testing import FakeCluster, RealCluster
 from flask_bindcar.testing.real import ApiError
 from tests.conftest import WATCH
 from tests.gunicorn_server import TARGETS
+from tests.hostile_api import black_hole, pointed_at
 
 Cluster = FakeCluster | RealCluster
 GROUP = "bindcar.firestoned.io"
@@ -508,7 +509,11 @@ def test_denied_ttl_zero_asks_every_time(fake: FakeCluster, fake_kc: Path) -> No
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_concurrent_requests_share_one_review(
-    fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str], adapter: str
+    fake: FakeCluster,
+    fake_kc: Path,
+    zone_caller: tuple[str, str],
+    adapter: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = ADAPTERS[adapter](fake_kc)
     assert call(client, zone_caller[1], method="GET", path="/zones/other.org").status_code in (200, 403)
@@ -518,12 +523,16 @@ def test_concurrent_requests_share_one_review(
     threads = [
         threading.Thread(target=lambda: statuses.append(call(client, zone_caller[1]).status_code)) for _ in range(12)
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="flask_bindcar.audit"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert statuses == [200] * 12
     assert fake.access_review_requests - before == 1
+    records = [r.bindcar_audit for r in caplog.records if getattr(r, "bindcar_audit", {}).get("authorization")]
+    assert sorted(r["cache"] for r in records) == ["miss"] + ["shared"] * 11  # one asked, eleven waited on it
 
 
 OUTAGES = {
@@ -1117,40 +1126,18 @@ def test_the_authorization_api_is_the_per_process_client(fake: FakeCluster, fake
 def test_a_subjectaccessreview_to_a_server_that_never_accepts_ends_at_the_timeout(
     fake: FakeCluster, tmp_path: Path
 ) -> None:
-    """A black hole: the listen queue is full, so the connection is never made (SYNs are dropped).
-
-    Only the client's own connect timeout ends that wait; the review's deadline bounds the rest.
-    """
-    import json
-    import socket
-
+    """A black hole: only the client's own connect timeout ends that wait; the deadline bounds the rest."""
     from flask_bindcar.authz import _unavailable
     from flask_bindcar.kube import KubeTokenReviewer
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued: list[socket.socket] = []
-    try:
-        for _ in range(4):  # fill the accept queue; later connections wait for a SYN-ACK that never comes
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            queued.append(s)
-        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-        config = json.loads(kubeconfig.read_text())
-        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
-        kubeconfig.write_text(json.dumps(config))
+    with black_hole() as server:
+        kubeconfig = pointed_at(fake.write_kubeconfig(tmp_path / "kubeconfig"), server)
         settings = {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}
         reviewer = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
         started = time.monotonic()
         with pytest.raises(AuthzUnavailable) as info:
             reviewer.access_review({"spec": {"user": "someone"}}, _unavailable)
         took = time.monotonic() - started
-    finally:
-        for s in [*queued, listener]:
-            s.close()
     assert (info.value.message, info.value.reason) == (UNAVAILABLE + "no answer within 0.5s", API_UNREACHABLE)
     assert 0.5 <= took < 2
 
@@ -1262,6 +1249,16 @@ def test_the_decision_cache_forgets_expired_and_least_recent_answers() -> None:
     time.sleep(0.25)
     assert cache.get_or_review("b", answer("b", no)) == (no, "miss")  # the denial expired
     assert asked == ["a", "b", "c", "b", "b"]
+
+
+def test_each_answer_is_kept_for_its_own_ttl_and_a_zero_ttl_keeps_nothing() -> None:
+    yes, no = Decision(allowed=True), Decision(allowed=False)
+    for allowed_ttl, denied_ttl in [(60, 0), (0, 60)]:
+        cache = DecisionCache(allowed_ttl=allowed_ttl, denied_ttl=denied_ttl, max_size=8, wait_timeout=1)
+        for key, decision, ttl in [("yes", yes, allowed_ttl), ("no", no, denied_ttl)]:
+            assert cache.get_or_review(key, lambda d=decision: d) == (decision, "miss")
+            assert cache.get_or_review(key, lambda d=decision: d) == (decision, "hit" if ttl else "miss")
+        assert len(cache) == 1  # the answer with the zero TTL was never stored
 
 
 class Killed(BaseException):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from flask_bindcar import AuthConfig, AuthError, BindcarAuth, current_identity
 from flask_bindcar.authenticator import Authenticator
-from tests.hostile_api import AUTHENTICATED, HostileAPI, Reply, http_reply, token_review
+from tests.hostile_api import AUTHENTICATED, HostileAPI, Reply, black_hole, http_reply, pointed_at, token_review
 
 PREFIX = "Token validation failed: TokenReview API call failed: "
 
@@ -143,6 +143,72 @@ def test_an_answer_under_the_cap_is_read_whole(api: HostileAPI, tmp_path: Path) 
     api.responder = lambda token: http_reply(201, padded(AUTHENTICATED, 900 << 10))
     app = make_app(api, tmp_path)
     assert call(app, new_token()) == (200, {"user": "system:serviceaccount:dns-system:external-dns"})
+
+
+def of_size(total: int) -> Reply:
+    """A well-formed answer of exactly ``total`` bytes on the wire: status line, headers and body."""
+    pad = total - len(http_reply(201, padded(AUTHENTICATED, 0)).raw)
+    pad -= len(http_reply(201, padded(AUTHENTICATED, pad)).raw) - total  # the Content-Length grew a few digits
+    return http_reply(201, padded(AUTHENTICATED, pad))
+
+
+@pytest.mark.parametrize(
+    ("over", "expected"),
+    [
+        (0, (200, {"user": "system:serviceaccount:dns-system:external-dns"})),
+        (1, (401, {"error": PREFIX + "response larger than 1 MiB"})),
+    ],
+)
+def test_the_cap_is_one_mebibyte_of_the_whole_answer_to_the_byte(
+    api: HostileAPI, tmp_path: Path, over: int, expected: tuple[int, Any]
+) -> None:
+    from flask_bindcar.kube import MAX_RESPONSE_BYTES
+
+    reply = of_size(MAX_RESPONSE_BYTES + over)
+    assert len(reply.raw) == MAX_RESPONSE_BYTES + over
+    api.responder = lambda token: reply
+    assert call(make_app(api, tmp_path), new_token()) == expected
+
+
+def test_an_answer_that_ends_when_the_server_hangs_up_is_read_whole(api: HostileAPI, tmp_path: Path) -> None:
+    """No Content-Length, not chunked: the body runs to the end of the connection (RFC 9112 6.3)."""
+    body = json.dumps(token_review(AUTHENTICATED)).encode()
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\r\n"
+    api.responder = lambda token: Reply(head + body, close=True)
+    assert call(make_app(api, tmp_path), new_token()) == (
+        200,
+        {"user": "system:serviceaccount:dns-system:external-dns"},
+    )
+
+
+@pytest.mark.parametrize("encoding", ["identity", "Identity"])
+def test_an_identity_encoded_answer_is_read(api: HostileAPI, tmp_path: Path, encoding: str) -> None:
+    """``identity`` means "not encoded" (RFC 9110 8.4.1), in any case: only a real encoding is refused."""
+    api.responder = lambda token: http_reply(201, token_review(AUTHENTICATED), headers={"Content-Encoding": encoding})
+    assert call(make_app(api, tmp_path), new_token()) == (
+        200,
+        {"user": "system:serviceaccount:dns-system:external-dns"},
+    )
+
+
+def test_a_tokenreview_to_a_server_that_never_accepts_ends_at_the_timeout(
+    fake_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A black hole: only the client's own connect timeout ends that wait; the deadline bounds the rest."""
+    with black_hole() as server:
+        kubeconfig = pointed_at(fake_kubeconfig, server)
+        auth = Authenticator(
+            AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}, environ={})
+        )
+
+        def review() -> AuthError:
+            with pytest.raises(AuthError) as info:
+                auth.authenticate(f"Bearer {new_token()}")
+            return info.value
+
+        error, took = in_time(4, review)
+    assert (error.message, error.reason) == (PREFIX + "no answer within 0.5s", "api_unreachable")
+    assert 0.5 <= took < 2
 
 
 # -- 3. no 500 where the guide promises 401 -----------------------------------------------------
