@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,10 @@ def test_basic_mode_without_secret_warns_once_at_startup(caplog: pytest.LogCaptu
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].getMessage().startswith("flask-bindcar is in Basic mode without BIND_API_TOKEN")
-    assert any(r.getMessage().startswith("flask-bindcar configuration: ") for r in caplog.records)
+    [configuration] = [m for r in caplog.records if (m := r.getMessage()).startswith("flask-bindcar configuration: ")]
+    logged = json.loads(configuration.removeprefix("flask-bindcar configuration: "))
+    assert list(logged) == sorted(logged)  # one JSON object, keys sorted: diffable between deployments
+    assert (logged["mode"], logged["api_token"], logged["audiences"]) == ("basic", "unset", ["bindcar"])
 
 
 def test_failures_are_logged_with_request_but_not_token(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from flask_bindcar import AuthConfig, AuthError, Identity
 from flask_bindcar.authenticator import Authenticator
@@ -391,6 +392,10 @@ def test_single_flight(cluster: FakeCluster, make_auth: MakeAuth) -> None:
         barrier.wait()
         results.append(auth.authenticate(f"Bearer {token}").username)
 
+    def counted(outcome: str) -> float | None:
+        return REGISTRY.get_sample_value("bindcar_tokenreview_cache_total", {"outcome": outcome})
+
+    before = {outcome: counted(outcome) or 0.0 for outcome in ("hit", "miss")}
     threads = [threading.Thread(target=call) for _ in range(32)]
     for t in threads:
         t.start()
@@ -398,6 +403,9 @@ def test_single_flight(cluster: FakeCluster, make_auth: MakeAuth) -> None:
         t.join()
     assert results == ["system:serviceaccount:dns-system:external-dns"] * 32
     assert cluster.reviews_served == 1
+    # A request that waited on another's review counts as a hit: the metric's outcomes stay hit, miss, stale.
+    assert {outcome: (counted(outcome) or 0.0) - before[outcome] for outcome in before} == {"hit": 31, "miss": 1}
+    assert counted("shared") is None
 
 
 def test_single_flight_shares_the_leaders_failure(cluster: FakeCluster, make_auth: MakeAuth) -> None:
