@@ -14,6 +14,8 @@ from flask_bindcar.errors import AuthError
 MISSING = "Missing Authorization header"
 INVALID = "Invalid Authorization header format. Expected: Bearer <token>"
 EMPTY = "Empty token"
+REASONS = {MISSING: "missing_header", INVALID: "invalid_format", EMPTY: "empty_token"}
+"""The reason each message is counted and audited under."""
 
 
 @pytest.mark.parametrize(
@@ -57,8 +59,7 @@ def test_accepted(header: str, token: str) -> None:
 def test_rejected(header: str | None, message: str, challenge: str) -> None:
     with pytest.raises(AuthError) as info:
         bearer_token(header)
-    assert info.value.message == message
-    assert info.value.challenge == challenge
+    assert (info.value.message, info.value.challenge, info.value.reason) == (message, challenge, REASONS[message])
     assert info.value.code == 401
 
 
@@ -69,4 +70,8 @@ def test_basic_mode_checks_the_format_too(settings: dict[str, Any], header: str)
     auth = Authenticator(AuthConfig.load({"mode": "basic", **settings}, environ={}))
     with pytest.raises(AuthError) as info:
         auth.authenticate(header)
-    assert (info.value.message, info.value.challenge) == (INVALID, "invalid_request")
+    assert (info.value.message, info.value.challenge, info.value.reason) == (
+        INVALID,
+        "invalid_request",
+        "invalid_format",
+    )

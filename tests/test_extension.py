@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask import Blueprint, Flask, jsonify
 
-from flask_bindcar import AuthError, BindcarAuth, auth_exempt, auth_required, current_identity
+from flask_bindcar import AuthConfig, AuthError, BindcarAuth, auth_exempt, auth_required, current_identity
 from flask_bindcar.testing import FakeCluster
 
 WWW_NONE = 'Bearer realm="bindcar"'
@@ -287,6 +287,29 @@ def test_basic_mode_without_secret_warns_once_at_startup(caplog: pytest.LogCaptu
     logged = json.loads(configuration.removeprefix("flask-bindcar configuration: "))
     assert list(logged) == sorted(logged)  # one JSON object, keys sorted: diffable between deployments
     assert (logged["mode"], logged["api_token"], logged["audiences"]) == ("basic", "unset", ["bindcar"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        ({"mode": "basic"}, "BASIC_WARNING"),
+        ({"mode": "basic", "api_token": "s3cret"}, None),
+        ({"mode": "tokenreview"}, "NO_ALLOWLIST_WARNING"),
+        ({"mode": "tokenreview", "allowed_namespaces": "dns-system"}, None),
+        ({"mode": "tokenreview", "allowed_service_accounts": "system:serviceaccount:dns-system:external-dns"}, None),
+    ],
+)
+def test_the_posture_warning_at_startup(
+    settings: dict[str, Any], warning: str | None, fake_kubeconfig: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_bindcar import authenticator
+
+    if settings["mode"] == "tokenreview":
+        settings = {**settings, "kubeconfig": str(fake_kubeconfig)}
+    with caplog.at_level("INFO", logger="flask_bindcar"):
+        authenticator.Authenticator(AuthConfig.load(settings, environ={}))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ([getattr(authenticator, warning)] if warning else [])
 
 
 def test_failures_are_logged_with_request_but_not_token(caplog: pytest.LogCaptureFixture) -> None:
