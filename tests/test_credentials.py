@@ -27,6 +27,7 @@ REASONS = {MISSING: "missing_header", INVALID: "invalid_format", EMPTY: "empty_t
         ("Bearer    abc", "abc"),  # extra spaces between scheme and token
         ("Bearer abc   ", "abc"),
         ("Bearer dG9rZW4=", "dG9rZW4="),
+        ("Bearer XtokenX", "XtokenX"),  # only spaces and tabs are stripped, nothing of the token
         ("Bearer " + "a" * 8192, "a" * 8192),  # an 8 KiB token
         ("Bearer " + "a" * MAX_TOKEN_LENGTH, "a" * MAX_TOKEN_LENGTH),  # the longest accepted
     ],
