@@ -225,6 +225,38 @@ def black_hole() -> Iterator[str]:
             s.close()
 
 
+@contextlib.contextmanager
+def slow_handshake(interval: float = 0.2) -> Iterator[str]:
+    """An ``https://`` address whose server accepts, reads the ClientHello and answers one byte every
+    ``interval`` seconds: a TLS record that would take an hour to arrive, each read well within any timeout.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stopping = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * (1 << 14):  # a handshake record of 16 KiB
+                if stopping.wait(interval):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, name="slow-handshake", daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stopping.set()
+        listener.close()
+
+
 def pointed_at(kubeconfig: Path, server: str) -> Path:
     """``kubeconfig`` with its cluster's server changed to ``server``, in place."""
     config = json.loads(kubeconfig.read_text())

@@ -8,6 +8,7 @@ or the audit record. The server is `tests.hostile_api.HostileAPI`, a real TLS se
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import logging
@@ -26,7 +27,16 @@ from hypothesis import strategies as st
 
 from flask_bindcar import AuthConfig, AuthError, BindcarAuth, current_identity
 from flask_bindcar.authenticator import Authenticator
-from tests.hostile_api import AUTHENTICATED, HostileAPI, Reply, black_hole, http_reply, pointed_at, token_review
+from tests.hostile_api import (
+    AUTHENTICATED,
+    HostileAPI,
+    Reply,
+    black_hole,
+    http_reply,
+    pointed_at,
+    slow_handshake,
+    token_review,
+)
 
 PREFIX = "Token validation failed: TokenReview API call failed: "
 
@@ -191,12 +201,20 @@ def test_an_identity_encoded_answer_is_read(api: HostileAPI, tmp_path: Path, enc
     )
 
 
-def test_a_tokenreview_to_a_server_that_never_accepts_ends_at_the_timeout(
-    fake_kubeconfig: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "server",
+    [
+        # only the client's own connect timeout ends that wait; the deadline bounds the rest
+        pytest.param(black_hole, id="never-accepts"),
+        # the TLS handshake reads under the time left before the deadline, not a timeout of its own
+        pytest.param(slow_handshake, id="drips-the-handshake"),
+    ],
+)
+def test_a_tokenreview_to_a_server_that_never_connects_ends_at_the_timeout(
+    fake_kubeconfig: Path, server: Callable[[], contextlib.AbstractContextManager[str]]
 ) -> None:
-    """A black hole: only the client's own connect timeout ends that wait; the deadline bounds the rest."""
-    with black_hole() as server:
-        kubeconfig = pointed_at(fake_kubeconfig, server)
+    with server() as url:
+        kubeconfig = pointed_at(fake_kubeconfig, url)
         auth = Authenticator(
             AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}, environ={})
         )

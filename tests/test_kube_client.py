@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,60 @@ def test_a_status_read_field_by_field(
         None,
         audiences,
     )
+
+
+def _api_exception(status: int | None) -> Exception:
+    from kubernetes.client.exceptions import ApiException
+
+    return ApiException(status=status, reason="Reason")
+
+
+def _refused() -> Exception:
+    from flask_bindcar.kube import ResponseRefused
+
+    return ResponseRefused("response larger than 1 MiB")
+
+
+def _cannot_connect() -> Exception:
+    from urllib3.exceptions import NewConnectionError
+
+    conn = "HTTPSConnection(host='127.0.0.1', port=1)"  # what the client's message starts with
+    return NewConnectionError(conn, "Failed to establish a new connection: Connection refused")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raised", "why", "reason"),
+    [
+        (_refused, "response larger than 1 MiB", API_BAD_RESPONSE),
+        (lambda: _api_exception(0), "HTTP 0 Reason", "api_unreachable"),  # the client's own status-less failure
+        (lambda: _api_exception(None), "HTTP None Reason", "api_unreachable"),
+        (lambda: _api_exception(1), "HTTP 1 Reason", "api_rejected"),
+        (lambda: _api_exception(403), "HTTP 403 Reason", "api_rejected"),
+        (lambda: _api_exception(499), "HTTP 499 Reason", "api_rejected"),
+        (lambda: _api_exception(500), "HTTP 500 Reason", "api_server_error"),
+        (
+            _cannot_connect,
+            "cannot connect to https://127.0.0.1:1: HTTPSConnection(host='127.0.0.1', port=1): "
+            "Failed to establish a new connection: Connection refused",
+            "api_unreachable",
+        ),
+        (lambda: TimeoutError("slow"), "no answer within 1s", "api_unreachable"),
+        (lambda: OSError("broken pipe"), "OSError: broken pipe", "api_unreachable"),
+    ],
+)
+def test_each_failure_of_the_client_has_its_reason(raised: Callable[[], Exception], why: str, reason: str) -> None:
+    def call() -> Any:
+        raise raised()
+
+    with pytest.raises(AuthError) as info:
+        call_api(
+            call,
+            host="https://127.0.0.1:1",
+            timeout=1,
+            secret=TOKEN,
+            failed=lambda why, reason: AuthError.api_call_failed(why, reason=reason),
+        )
+    assert (info.value.message, info.value.reason) == (API_FAILED + why, reason)
 
 
 def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture) -> None:
