@@ -342,3 +342,56 @@ def test_echoes_are_found_whole_and_only_whole() -> None:
 def test_without_a_token_to_scrub_the_error_is_kept_whole() -> None:
     outcome = parse_review(json.dumps(token_review({"error": "XXXX: not a token we know"})).encode())
     assert outcome.error == "XXXX: not a token we know"
+
+
+# -- where the client's configuration comes from ------------------------------------------------
+
+
+def test_the_kube_trio_configures_the_client(fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    from flask_bindcar.kube import build_api_client
+
+    files = fake_cluster.incluster_files(tmp_path / "serviceaccount")
+    environ = {
+        "KUBE_API_SERVER": fake_cluster.url + "/",  # a trailing slash would double the one of each path
+        "KUBE_TOKEN_PATH": str(files.token),
+        "KUBE_CA_CERT_PATH": str(files.ca_crt),
+    }
+    api_client, source = build_api_client(AuthConfig.load({"mode": "tokenreview"}, environ=environ))
+    assert (api_client.configuration.host, source) == (fake_cluster.url, f"KUBE_API_SERVER {fake_cluster.url}")
+    authorization = api_client.configuration.get_api_key_with_prefix("authorization")
+    assert authorization == f"Bearer {fake_cluster.caller_token}"  # the scheme as RFC 6750 spells it
+
+
+@pytest.mark.parametrize("missing", ["KUBE_TOKEN_PATH", "KUBE_CA_CERT_PATH"])
+def test_a_missing_file_of_the_kube_trio_is_named(fake_cluster: FakeCluster, tmp_path: Path, missing: str) -> None:
+    from flask_bindcar.kube import ClientBuildError, build_api_client
+
+    files = fake_cluster.incluster_files(tmp_path / "serviceaccount")
+    environ = {
+        "KUBE_API_SERVER": fake_cluster.url,
+        "KUBE_TOKEN_PATH": str(files.token),
+        "KUBE_CA_CERT_PATH": str(files.ca_crt),
+        missing: str(tmp_path / "nowhere"),
+    }
+    with pytest.raises(ClientBuildError) as info:
+        build_api_client(AuthConfig.load({"mode": "tokenreview"}, environ=environ))
+    assert str(info.value) == f"{missing} {tmp_path / 'nowhere'} does not exist"
+
+
+def test_a_kubeconfig_list_uses_the_files_that_exist(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    from flask_bindcar.kube import build_api_client
+
+    listed = os.pathsep.join([str(fake_kubeconfig.parent / "absent"), str(fake_kubeconfig)])  # as KUBECONFIG lists
+    api_client, source = build_api_client(AuthConfig.load({"mode": "tokenreview"}, environ={"KUBECONFIG": listed}))
+    assert (api_client.configuration.host, source) == (fake_cluster.url, f"kubeconfig {listed}")
+
+
+def test_a_kubeconfig_yaml_cannot_even_read(tmp_path: Path) -> None:
+    """A control character stops the YAML reader before any parsing: an error with no line to point at."""
+    from flask_bindcar.kube import ClientBuildError, build_api_client
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_bytes(b"apiVersion: v1\x00\n")
+    with pytest.raises(ClientBuildError) as info:
+        build_api_client(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(kubeconfig)}, environ={}))
+    assert str(info.value) == f"kubeconfig {kubeconfig} is not valid YAML"
