@@ -395,3 +395,23 @@ def test_a_kubeconfig_yaml_cannot_even_read(tmp_path: Path) -> None:
     with pytest.raises(ClientBuildError) as info:
         build_api_client(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(kubeconfig)}, environ={}))
     assert str(info.value) == f"kubeconfig {kubeconfig} is not valid YAML"
+
+
+def test_building_the_client_is_logged_with_its_source(
+    fake_kubeconfig: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_bindcar.kube import KubeTokenReviewer
+
+    absent = tmp_path / "absent"
+    settings = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}
+    with caplog.at_level(logging.INFO, logger="flask_bindcar"):
+        built = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
+        built.api()
+        built.api()  # built once
+        with pytest.raises(AuthError):
+            KubeTokenReviewer(AuthConfig.load({**settings, "kubeconfig": str(absent)}, environ={})).api()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"Kubernetes client created from kubeconfig {fake_kubeconfig}"),
+        ("ERROR", f"cannot create the Kubernetes client: kubeconfig {absent} does not exist"),
+    ]
+    assert built.source == f"kubeconfig {fake_kubeconfig}"
