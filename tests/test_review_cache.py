@@ -198,3 +198,21 @@ def jwt(payload: bytes) -> str:
 )
 def test_token_expiry(token: str, exp: float | None) -> None:
     assert token_expiry(token) == exp
+
+
+def test_no_two_questions_share_a_key() -> None:
+    """The key frames the token and each audience with its length: no token can pose as another
+    token's question, whatever bytes it holds (it is keyed before its format is checked)."""
+    cache = ReviewCache(ttl=10, failure_ttl=10, max_size=10, wait_timeout=1)
+    questions = [
+        ("a", ()),
+        ("a", ("b",)),
+        ("a\x00\x00\x00\x01b", ()),  # the token's bytes spell an audience's frame
+        ("a", ("b", "c")),
+        ("a", ("bc",)),
+        ("a", ("c", "b")),
+        ("ab", ()),
+    ]
+    keys = {cache.key(token, audiences) for token, audiences in questions}
+    assert len(keys) == len(questions)
+    assert cache.key("a", ("b",)) == cache.key("a", ["b"])  # a list and a tuple ask the same
