@@ -78,7 +78,7 @@ coverage: $(STAMP)
 # Mutation testing of the modules that decide (setup.cfg's [mutmut]), in mutants/. Slow (the better
 # part of an hour on 2 cores); not in CI. docs/testing.md explains what survives.
 mutate: $(STAMP)
-	$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-2}
+	$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-4}
 	$(BIN)/mutmut results
 
 clean:
