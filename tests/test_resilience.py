@@ -362,7 +362,7 @@ def test_cache_key_is_hmac_sha256() -> None:
 
     from flask_bindcar.cache import HmacSha256
 
-    for key in (os.urandom(32), os.urandom(100)):
+    for key in (b"", os.urandom(32), os.urandom(64), os.urandom(65), os.urandom(100)):  # 64: SHA-256's block
         for message in (b"", b"abc", os.urandom(5000)):
             assert HmacSha256(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
 

@@ -216,3 +216,33 @@ def test_no_two_questions_share_a_key() -> None:
     keys = {cache.key(token, audiences) for token, audiences in questions}
     assert len(keys) == len(questions)
     assert cache.key("a", ("b",)) == cache.key("a", ["b"])  # a list and a tuple ask the same
+
+
+def test_waiters_share_a_stale_answer_as_stale() -> None:
+    """The API server fails while an expired answer is still in its stale window: the leader and every
+    request waiting on it get that answer, each told it is stale."""
+    cache = ReviewCache(ttl=0.05, failure_ttl=10, max_size=10, wait_timeout=1, stale_ttl=60)
+    assert cache.get_or_review("token-1", AUDIENCES, lambda token, audiences: OK) == (OK, "miss")
+    time.sleep(0.1)  # past the TTL, within the stale window
+    started = threading.Event()
+
+    def review(token: str, audiences: Sequence[str]) -> ReviewOutcome:
+        started.set()
+        time.sleep(0.2)
+        raise AuthError.api_call_failed("HTTP 503 Service Unavailable", reason=API_UNREACHABLE)
+
+    led, got, _ = together(cache, review, 3, started)
+    assert led == [(OK, "stale")]
+    assert got == [(OK, "stale")] * 3
+
+
+def test_no_stale_window_unless_asked_for() -> None:
+    cache = ReviewCache(ttl=0.05, failure_ttl=10, max_size=10, wait_timeout=1)
+    assert cache.get_or_review("token-1", AUDIENCES, lambda token, audiences: OK) == (OK, "miss")
+    time.sleep(0.1)
+
+    def review(token: str, audiences: Sequence[str]) -> ReviewOutcome:
+        raise AuthError.api_call_failed("HTTP 503 Service Unavailable", reason=API_UNREACHABLE)
+
+    with pytest.raises(AuthError):
+        cache.get_or_review("token-1", AUDIENCES, review)
