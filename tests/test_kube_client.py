@@ -406,6 +406,7 @@ def test_building_the_client_is_logged_with_its_source(
     settings = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}
     with caplog.at_level(logging.INFO, logger="flask_bindcar"):
         built = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
+        assert built.source is None  # nothing is built before the first review
         built.api()
         built.api()  # built once
         with pytest.raises(AuthError):
