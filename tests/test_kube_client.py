@@ -206,6 +206,23 @@ def test_a_status_read_field_by_field(
     )
 
 
+def failure_of(raised: Exception) -> AuthError:
+    """What `call_api` makes of a call of the client that raises ``raised``."""
+
+    def call() -> Any:
+        raise raised
+
+    with pytest.raises(AuthError) as info:
+        call_api(
+            call,
+            host="https://127.0.0.1:1",
+            timeout=1,
+            secret=TOKEN,
+            failed=lambda why, reason: AuthError.api_call_failed(why, reason=reason),
+        )
+    return info.value
+
+
 def _api_exception(status: int | None) -> Exception:
     from kubernetes.client.exceptions import ApiException
 
@@ -246,43 +263,23 @@ def _cannot_connect() -> Exception:
     ],
 )
 def test_each_failure_of_the_client_has_its_reason(raised: Callable[[], Exception], why: str, reason: str) -> None:
-    def call() -> Any:
-        raise raised()
-
-    with pytest.raises(AuthError) as info:
-        call_api(
-            call,
-            host="https://127.0.0.1:1",
-            timeout=1,
-            secret=TOKEN,
-            failed=lambda why, reason: AuthError.api_call_failed(why, reason=reason),
-        )
-    assert (info.value.message, info.value.reason) == (API_FAILED + why, reason)
+    error = failure_of(raised())
+    assert (error.message, error.reason) == (API_FAILED + why, reason)
 
 
 def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture) -> None:
     """A bug of the client ends in the documented answer, logged by type and stack, never its text."""
 
     text = "-".join(["quoting", "the", "server"])  # the logged stack shows the lines, not the values
-
-    def call() -> Any:
-        raise LookupError(text)
-
-    with caplog.at_level(logging.ERROR, logger="flask_bindcar"), pytest.raises(AuthError) as info:
-        call_api(
-            call,
-            host="https://127.0.0.1:1",
-            timeout=1,
-            secret=TOKEN,
-            failed=lambda why, reason: AuthError.api_call_failed(why, reason=reason),
-        )
-    assert (info.value.message, info.value.reason) == (API_FAILED + "LookupError", API_BAD_RESPONSE)
+    with caplog.at_level(logging.ERROR, logger="flask_bindcar"):
+        error = failure_of(LookupError(text))
+    assert (error.message, error.reason) == (API_FAILED + "LookupError", API_BAD_RESPONSE)
     [record] = caplog.records
     headline, first, *rest, last = record.getMessage().split("\n")
     assert headline == "unexpected LookupError in the Kubernetes client"
     assert all(line.startswith("  ") for line in rest)  # frames as traceback prints them, nothing between
     assert first.startswith('  File "') and os.path.join("flask_bindcar", "kube.py") + '", line ' in first
-    assert last == "    raise LookupError(text)"  # the stack, to the line that raised
+    assert last == "    raise raised"  # the stack, to the line that raised (in `failure_of`)
     assert text not in caplog.text
 
 
