@@ -78,7 +78,24 @@ class ConfigError(ValueError):
     """A configuration value that cannot work, raised at startup; the message names the variable."""
 
 
-class AuthError(Unauthorized):
+class _JsonError:
+    """Answers an HTTP error as ``{"error": message}``, with the headers of its kind (`own_headers`)."""
+
+    message: str
+
+    def own_headers(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
+        return json.dumps({"error": self.message})
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), *self.own_headers()]
+
+
+class AuthError(_JsonError, Unauthorized):
     """A request that failed authentication: 401 with the seed's message as a JSON body.
 
     ``challenge`` selects the RFC 6750 ``error`` attribute of ``WWW-Authenticate``: ``none`` when
@@ -132,16 +149,11 @@ class AuthError(Unauthorized):
             value += f', error="{self.challenge}"'
         return value
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
-        return json.dumps({"error": self.message})
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
-    ) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("WWW-Authenticate", self.www_authenticate_value)]
+    def own_headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", self.www_authenticate_value)]
 
 
-class RateLimited(TooManyRequests):
+class RateLimited(_JsonError, TooManyRequests):
     """429 for a client past ``BIND_AUTH_FAILURE_LIMIT``, with ``Retry-After`` and a JSON body."""
 
     def __init__(self, retry_after: int):
@@ -150,16 +162,11 @@ class RateLimited(TooManyRequests):
         self.reason = "rate_limited"
         self.seconds = retry_after
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
-        return json.dumps({"error": self.message})
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
-    ) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Retry-After", str(self.seconds))]
+    def own_headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.seconds))]
 
 
-class AccessDenied(Forbidden):
+class AccessDenied(_JsonError, Forbidden):
     """403 for an authenticated caller that RBAC does not allow: ``Forbidden: <user> cannot <verb> <what>``.
 
     The SubjectAccessReview's ``status.reason`` is kept in `review_reason` for the log and the
@@ -182,19 +189,11 @@ class AccessDenied(Forbidden):
         error.review_latency_ms = self.review_latency_ms
         return error
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
-        return json.dumps({"error": self.message})
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
-    ) -> list[tuple[str, str]]:
-        return [
-            ("Content-Type", "application/json"),
-            ("WWW-Authenticate", f'Bearer realm="{REALM}", error="insufficient_scope"'),
-        ]
+    def own_headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", f'Bearer realm="{REALM}", error="insufficient_scope"')]
 
 
-class AuthzUnavailable(ServiceUnavailable):
+class AuthzUnavailable(_JsonError, ServiceUnavailable):
     """503 when no SubjectAccessReview answer can be had: not a verdict on the caller, so ``Retry-After``."""
 
     cache: str | None = None
@@ -213,13 +212,8 @@ class AuthzUnavailable(ServiceUnavailable):
         error.message = GENERIC_AUTHZ_UNAVAILABLE
         return error
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
-        return json.dumps({"error": self.message})
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
-    ) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Retry-After", str(AUTHZ_RETRY_AFTER))]
+    def own_headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(AUTHZ_RETRY_AFTER))]
 
 
 BindcarError = (AuthError, RateLimited, AccessDenied, AuthzUnavailable)
