@@ -68,6 +68,20 @@ def wsgi_cost(app: Callable[..., Iterable[bytes]], environ: dict[str, Any], n: i
     return (time.perf_counter() - started) / n
 
 
+def warm_medians(apps: dict[str, Any], environ: dict[str, Any], quick: bool) -> dict[str, float]:
+    """Seconds per request of each WSGI app, measured interleaved; each is first warmed up and
+    checked to really let the request through."""
+    for name, app in apps.items():
+        status: list[str] = []
+        body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
+        if not status[0].startswith("200") or body != b"ok":
+            raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
+    n = 500 if quick else 2000
+    return interleaved(
+        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
+    )
+
+
 def interleaved(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """Median of each contender over rounds that alternate between them."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
@@ -127,15 +141,7 @@ def bench_warm(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str,
         "Flask-HTTPAuth": httpauth,
         "flask-jwt-extended": jwt_app,
     }
-    for name, app in apps.items():  # warm up, and check each one really lets the request through
-        status: list[str] = []
-        body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
-        if not status[0].startswith("200") or body != b"ok":
-            raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
-    n = 500 if quick else 2000
-    medians = interleaved(
-        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
-    )
+    medians = warm_medians(apps, environ, quick)
     base = medians["bare Flask"]
     return {
         "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
@@ -385,15 +391,7 @@ def bench_authz_warm(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dic
     authz.config["BINDCAR_AUTHZ"] = RBAC(resource="zones", group="bindcar.firestoned.io")
     BindcarAuth(authz, mode="tokenreview", kubeconfig=str(kubeconfig))
     apps = {"authentication only": authn, "authentication + RBAC (cached allowed answer)": authz}
-    for name, app in apps.items():
-        status: list[str] = []
-        body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
-        if not status[0].startswith("200") or body != b"ok":
-            raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
-    n = 500 if quick else 2000
-    medians = interleaved(
-        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
-    )
+    medians = warm_medians(apps, environ, quick)
     base = medians["authentication only"]
     return {
         "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
