@@ -75,8 +75,8 @@ coverage: $(STAMP)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
-# Mutation testing of the modules that decide (setup.cfg's [mutmut]), in mutants/. Slow (the better
-# part of an hour on 2 cores); not in CI. docs/testing.md explains what survives.
+# Mutation testing of the modules that decide (setup.cfg's [mutmut]), in mutants/. Slow (about 25
+# minutes on 2 cores with MUTATE_JOBS=6); not in CI. docs/testing.md explains what survives.
 mutate: $(STAMP)
 	$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-4}
 	$(BIN)/mutmut results
