@@ -368,6 +368,8 @@ class Route:
     rbac: RBAC | None = None
     """What the view needs by RBAC (its own, or the app-wide ``BINDCAR_AUTHZ``), if anything."""
     view_args: Mapping[str, Any] = field(default_factory=dict)
+    require_pod: bool = False
+    """``@auth_required(require_pod=True)``: only a token bound to a pod."""
 
     def describe(self) -> str:
         where = f"{self.method} {self.path} is view {self.endpoint}" if self.endpoint else f"{self.method} {self.path}"
@@ -380,6 +382,8 @@ class Route:
             for name, value in (("namespaces", self.namespaces), ("service_accounts", self.service_accounts))
             if value is not None
         ]
+        if self.require_pod:
+            policy.append("require_pod=True")
         return f"{where}: @auth_required({', '.join(policy)})" if policy else f"{where}: the app-wide policy"
 
 
@@ -438,9 +442,15 @@ def review(
             step = "serviceaccount allowlist"
             authorize(identity, None, config.allowed_service_accounts)
             checks.append(_allowlist_check(step, config.allowed_service_accounts, identity.username))
-        if route is not None and (route.namespaces is not None or route.service_accounts is not None):
+            if config.require_pod:
+                step = "pod binding"
+                authorize(identity, None, None, require_pod=True)
+                checks.append(Check(step, "pass", f"bound to pod {identity.namespace}/{identity.pod_name}"))
+        if route is not None and (
+            route.namespaces is not None or route.service_accounts is not None or route.require_pod
+        ):
             step = "view policy"
-            authorize(identity, route.namespaces, route.service_accounts)
+            authorize(identity, route.namespaces, route.service_accounts, route.require_pod)
             checks.append(Check(step, "pass", f"{identity.username} is allowed by the view"))
         if route is not None and route.rbac is not None:
             step = "rbac"

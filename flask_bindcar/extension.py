@@ -212,7 +212,7 @@ def auth_required(
             _check_rbac(auth, identity, rules, req)
         return current_app.ensure_sync(view)(*args, **kwargs)
 
-    setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa))
+    setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa, require_pod))
     setattr(wrapper, REQUIRED_ATTR, True)
     setattr(wrapper, RBAC_ATTR, rbac)
     return wrapper
@@ -268,6 +268,8 @@ def _route(method: str, path: str) -> Route:
     config = _extension().config()
     policy = getattr(view, POLICY_ATTR, None)
     exempt = path in config.exempt_paths or getattr(view, EXEMPT_ATTR, False) or (not config.protect_all and not policy)
-    namespaces, service_accounts = policy or (None, None)
+    namespaces, service_accounts, require_pod = policy or (None, None, False)
     rbac = getattr(view, RBAC_ATTR, None) or config.rbac
-    return Route(method, path, rule.endpoint, exempt, namespaces, service_accounts, rbac, view_args)
+    return Route(
+        method, path, rule.endpoint, exempt, namespaces, service_accounts, rbac, view_args, require_pod=require_pod
+    )

@@ -107,3 +107,48 @@ def test_flask_review_of_a_path_no_view_answers(cli: Review) -> None:
     result = cli("abc", "--path", "/nowhere")
     assert result.exit_code == 1
     assert "no view answers GET /nowhere (404 Not Found)" in result.output
+
+
+POD_BOUND_ONLY = "Token validation failed: token is not bound to a pod"
+
+
+@pytest.mark.parametrize("pod", [None, "external-dns-7d4b9"])
+def test_review_applies_the_app_wide_pod_binding(
+    fake_cluster: FakeCluster, fake_kubeconfig: Path, pod: str | None
+) -> None:
+    """BIND_REQUIRE_POD_BOUND_TOKEN=true refuses a token of no pod; review must say so, as a request meets it."""
+    from flask_bindcar import AuthConfig
+    from flask_bindcar.doctor import review as review_token
+
+    config = AuthConfig.load(
+        {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), "require_pod": True}, environ={}
+    )
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"], pod=pod)
+    report, identity, error = review_token(config, token)
+    last = [f"{c.name}: {c.detail}" for c in report.checks][-2:]
+    if pod is None:
+        assert (identity, error is not None and error.message) == (None, POD_BOUND_ONLY)
+        assert last == [f"pod binding: {POD_BOUND_ONLY}", f'result: 401 {{"error": "{POD_BOUND_ONLY}"}}']
+    else:
+        assert (identity is not None and identity.pod_name, error) == (pod, None)
+        assert last == [
+            f"pod binding: bound to pod dns-system/{pod}",
+            "result: allowed as system:serviceaccount:dns-system:external-dns",
+        ]
+
+
+def test_flask_review_applies_a_views_pod_binding(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    from flask import Flask
+
+    from flask_bindcar import BindcarAuth, auth_required
+
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kubeconfig))
+    app.add_url_rule("/pods-only", "pods_only", auth_required(require_pod=True)(lambda: "ok"))
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    result = app.test_cli_runner().invoke(args=["bindcar", "review", "--path", "/pods-only"], input=token)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[1] == "✔ route: GET /pods-only is view pods_only: @auth_required(require_pod=True)"
+    assert f"✘ view policy: {POD_BOUND_ONLY}" in lines
+    assert lines[-2:] == [f'✘ result: 401 {{"error": "{POD_BOUND_ONLY}"}}', "the token is rejected"]
