@@ -84,7 +84,8 @@ class _JsonError:
     message: str
 
     def own_headers(self) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        """The headers of this kind of answer besides ``Content-Type``; each class gives its own."""
+        return []
 
     def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
         return json.dumps({"error": self.message})
