@@ -395,6 +395,14 @@ def test_an_identity_holding_part_of_the_token_is_refused(
     assert_no_fragment(audit_and_logs(caplog), token)
 
 
+def test_a_missing_uid_is_no_text_to_check(api: HostileAPI, tmp_path: Path) -> None:
+    """The echo check reads the texts the server sent: an answer without a uid is accepted even for
+    a token short enough to be found whole in any stand-in text."""
+    user = {k: v for k, v in AUTHENTICATED["user"].items() if k != "uid"}
+    api.responder = lambda t: http_reply(201, token_review({**AUTHENTICATED, "user": user}))
+    assert call(make_app(api, tmp_path), "XX") == (200, {"user": "system:serviceaccount:dns-system:external-dns"})
+
+
 def test_server_texts_are_capped(api: HostileAPI, tmp_path: Path) -> None:
     api.responder = lambda t: http_reply(201, token_review({"error": "e" * 100_000}))
     assert call(make_app(api, tmp_path), new_token()) == (
