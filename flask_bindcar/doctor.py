@@ -214,7 +214,7 @@ def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str
 
 
 def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[Check]:
-    from kubernetes.client import AuthorizationV1Api, VersionApi
+    from kubernetes.client import VersionApi
 
     from flask_bindcar.kube import ClientBuildError, KubeTokenReviewer, build_api_client, kubeconfig_path
 
@@ -254,21 +254,10 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[
     scheme, _, rest = credential.partition(" ")
     caller = _jwt_subject(rest if scheme.lower() == "bearer" else credential)
     sa = split_service_account(caller)
-    body = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SelfSubjectAccessReview",
-        "spec": {
-            "resourceAttributes": {"group": "authentication.k8s.io", "resource": "tokenreviews", "verb": "create"}
-        },
-    }
     who = caller or "this client"
+    allowed: bool | None
     try:
-        answer: Any = AuthorizationV1Api(api_client).create_self_subject_access_review(
-            body=body,  # type: ignore[arg-type]
-            _request_timeout=timeout,
-            _preload_content=False,
-        )
-        allowed = json.loads(answer.data).get("status", {}).get("allowed") is True
+        allowed = _may_create(api_client, timeout, "authentication.k8s.io", "tokenreviews")
     except Exception as e:
         checks.append(Check("permission", "fail", f"could not ask whether {who} may create tokenreviews: {_why(e)}"))
         allowed = None
@@ -298,24 +287,28 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[
     return checks
 
 
-def _authorization_permission(api_client: Any, timeout: float, who: str, sa: tuple[str, str] | None) -> Check:
-    """May this client create SubjectAccessReviews? Asked with a SelfSubjectAccessReview."""
+def _may_create(api_client: Any, timeout: float, group: str, resource: str) -> bool:
+    """Whether this client may create ``resource`` of ``group``, as a SelfSubjectAccessReview answers."""
     from kubernetes.client import AuthorizationV1Api
 
-    name = "authorization permission"
-    attributes = {"group": "authorization.k8s.io", "resource": "subjectaccessreviews", "verb": "create"}
     body = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": attributes},
+        "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": "create"}},
     }
+    answer: Any = AuthorizationV1Api(api_client).create_self_subject_access_review(
+        body=body,  # type: ignore[arg-type]
+        _request_timeout=timeout,
+        _preload_content=False,
+    )
+    return json.loads(answer.data).get("status", {}).get("allowed") is True
+
+
+def _authorization_permission(api_client: Any, timeout: float, who: str, sa: tuple[str, str] | None) -> Check:
+    """May this client create SubjectAccessReviews? Asked with a SelfSubjectAccessReview."""
+    name = "authorization permission"
     try:
-        answer: Any = AuthorizationV1Api(api_client).create_self_subject_access_review(
-            body=body,  # type: ignore[arg-type]
-            _request_timeout=timeout,
-            _preload_content=False,
-        )
-        allowed = json.loads(answer.data).get("status", {}).get("allowed") is True
+        allowed = _may_create(api_client, timeout, "authorization.k8s.io", "subjectaccessreviews")
     except Exception as e:
         return Check(name, "fail", f"could not ask whether {who} may create subjectaccessreviews: {_why(e)}")
     if allowed:
