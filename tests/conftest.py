@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import select
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -186,6 +189,27 @@ def real_cluster(log_dir: Path) -> Iterator[RealCluster]:
         finally:
             for path in cluster.workdir.glob("*.log"):
                 shutil.copyfile(path, log_dir / f"real-cluster-{path.name}")
+
+
+def in_forked_child(check: Callable[[], bool]) -> bool:
+    """``check()`` run in a forked child of this process; what it returned (False if it raised).
+
+    A child that does not answer within 30 s is killed and fails the calling test, not the run.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answered, _, _ = select.select([read], [], [], 30)
+    if not answered:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert answered, "the forked child did not answer within 30 s"
+    return os.read(read, 1) == b"1"
 
 
 def keep_log(name: str, *texts: str | None) -> None:

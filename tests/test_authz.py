@@ -26,7 +26,7 @@ from flask_bindcar.cache import FOLLOWER_GRACE
 from flask_bindcar.errors import API_OVERLOADED, API_UNREACHABLE, AuthzUnavailable, ConfigError
 from flask_bindcar.testing import FakeCluster, RealCluster
 from flask_bindcar.testing.real import ApiError
-from tests.conftest import WATCH
+from tests.conftest import WATCH, in_forked_child
 from tests.gunicorn_server import TARGETS
 from tests.hostile_api import black_hole, pointed_at
 
@@ -1093,33 +1093,22 @@ def test_a_denials_review_reason_is_logged_never_answered(tmp_path: Path, caplog
 
 
 def test_the_authorization_api_is_the_per_process_client(fake: FakeCluster, fake_kc: Path) -> None:
-    import os
-    import select
-    import signal
-
     from flask_bindcar.kube import KubeTokenReviewer
 
     reviewer = KubeTokenReviewer(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
     authz = reviewer.authorization_api()
     assert authz.api_client is reviewer.api().api_client
     assert reviewer.authorization_api() is authz
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            child = reviewer.authorization_api()
-            ok = child is not authz and child.api_client is reviewer.api().api_client
-            ok = ok and reviewer.authorization_api() is child
-            os.write(write, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answered, _, _ = select.select([read], [], [], 30)  # a hung child fails this test, not the run
-    if not answered:
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    assert answered, "the forked child did not answer within 30 s"
-    assert os.read(read, 1) == b"1"
+
+    def in_the_child() -> bool:
+        child = reviewer.authorization_api()
+        return (
+            child is not authz
+            and child.api_client is reviewer.api().api_client
+            and reviewer.authorization_api() is child
+        )
+
+    assert in_forked_child(in_the_child)
     assert reviewer.authorization_api() is authz
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from flask_bindcar import AuthConfig, AuthError, Identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.cache import token_expiry
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, FakeCluster
-from tests.conftest import MakeAuth, service_account, who
+from tests.conftest import MakeAuth, in_forked_child, service_account, who
 
 
 def failure(auth: Authenticator, token: str) -> str:
@@ -294,21 +292,10 @@ def test_client_is_rebuilt_after_fork(cluster: FakeCluster, make_auth: MakeAuth)
     token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
     auth.authenticate(f"Bearer {token}")
     parent_api = auth.reviewer.api()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            ok = auth.authenticate(f"Bearer {token}").username is not None and auth.reviewer.api() is not parent_api
-            os.write(write, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answered, _, _ = select.select([read], [], [], 30)  # a hung child fails this test, not the run
-    if not answered:
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    assert answered, "the forked child did not answer within 30 s"
-    assert os.read(read, 1) == b"1"
+    reviewer = auth.reviewer
+    assert in_forked_child(
+        lambda: auth.authenticate(f"Bearer {token}").username is not None and reviewer.api() is not parent_api
+    )
     assert auth.reviewer.api() is parent_api
 
 
