@@ -10,6 +10,7 @@ FakeCluster to them. Known differences are listed in docs/testing.md.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -272,6 +273,205 @@ SCENARIOS: dict[str, tuple[Callable[[Cluster], Case], dict[str, Any]]] = {
 def test_tokenreview_contract(any_cluster: Cluster, scenario: str) -> None:
     make, expected = SCENARIOS[scenario]
     assert review(any_cluster, make(any_cluster)) == expected
+
+
+# -- TokenRequest: the lifetimes kube-apiserver accepts, and who may ask -----------------------------
+
+
+def admin_token(cluster: Cluster) -> str:
+    """A credential allowed everything: FakeCluster's default caller (one of its ``admins``), or
+    RealCluster's cluster-admin (``system:masters``)."""
+    if isinstance(cluster, FakeCluster):
+        return cluster.caller_token
+    return str(json.loads(cluster.admin_kubeconfig.read_text())["users"][0]["user"]["token"])
+
+
+def grant_token_requests(cluster: Cluster, user: str, namespace: str) -> None:
+    """Let ``user`` create ``serviceaccounts/token`` in ``namespace``: a Role and a RoleBinding."""
+    if isinstance(cluster, FakeCluster):
+        cluster.allow(user, "create", "serviceaccounts/token", namespace=namespace)
+        return
+    ns, name = user.removeprefix("system:serviceaccount:").split(":")
+    rbac, role = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}", f"tokens-{uuid.uuid4().hex[:6]}"
+    cluster.create_service_account(namespace, "default")  # the namespace exists
+    rule = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    cluster.api("POST", f"{rbac}/roles", {"kind": "Role", "metadata": {"name": role}, "rules": [rule]})
+    binding = {
+        "kind": "RoleBinding",
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }
+    cluster.api("POST", f"{rbac}/rolebindings", binding)
+    spec = {
+        "user": user,
+        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+        "resourceAttributes": {
+            "verb": "create",
+            "resource": "serviceaccounts",
+            "subresource": "token",
+            "namespace": namespace,
+        },
+    }
+    deadline = time.monotonic() + 10
+    while not cluster.api("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {"spec": spec})["status"].get(
+        "allowed"
+    ):  # RBAC reaches the authorizer through a watch
+        assert time.monotonic() < deadline, "the RoleBinding never took effect"
+        time.sleep(0.05)
+
+
+@dataclass
+class TokenAsk:
+    """One TokenRequest: for which account, with what spec, by whom (None: an administrator)."""
+
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    caller: str | None = None
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def request_token(cluster: Cluster, ask: TokenAsk) -> dict[str, Any]:
+    """POST the TokenRequest and keep what a client reads: the status, the lifetime granted and the
+    token's subject, or the Status of a refusal; the names made generic."""
+    response = requests.post(
+        f"{cluster.url}/api/v1/namespaces/{ask.namespace}/serviceaccounts/{ask.name}/token",
+        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": ask.spec},
+        headers={"Authorization": f"Bearer {ask.caller or admin_token(cluster)}"},
+        verify=str(cluster.ca_path),
+        timeout=30,
+    )
+    body = response.json()
+    case = Case("", names=ask.names)
+    if response.status_code != 201:
+        details = json.loads(_generic(json.dumps(body.get("details", {})), case))
+        return {"code": response.status_code, "reason": body["reason"], "message": _generic(body["message"], case)} | (
+            {"details": details} if details else {}
+        )
+    claims = jwt.decode(body["status"]["token"], options={"verify_signature": False})
+    return {
+        "code": 201,
+        "expirationSeconds": body["spec"]["expirationSeconds"],
+        "lifetime": claims["exp"] - claims["iat"],
+        "sub": _generic(claims["sub"], case),
+        "aud": claims["aud"],
+        "warning": response.headers.get("Warning"),
+    }
+
+
+def _lifetime(seconds: int | None) -> Callable[[Cluster], TokenAsk]:
+    def make(c: Cluster) -> TokenAsk:
+        ns, name, names = fresh(c)
+        return TokenAsk(ns, name, {} if seconds is None else {"expirationSeconds": seconds}, names=names)
+
+    return make
+
+
+def _asked_by_an_account(*, granted_in: str | None = None, account: bool = True) -> Callable[[Cluster], TokenAsk]:
+    """An account of another namespace asks; ``granted_in``: "same" (the target's) or "other"."""
+
+    def make(c: Cluster) -> TokenAsk:
+        ns, name, names = fresh(c)
+        caller_ns, caller, caller_names = fresh(c)
+        names.update({k: v.replace("<", "<caller-") for k, v in caller_names.items()})
+        user = f"system:serviceaccount:{caller_ns}:{caller}"
+        if granted_in is not None:
+            grant_token_requests(c, user, ns if granted_in == "same" else caller_ns)
+        if not account:
+            c.delete_service_account(ns, name)
+        return TokenAsk(ns, name, {}, caller=c.token(caller_ns, caller), names=names)
+
+    return make
+
+
+def _no_such_account(c: Cluster) -> TokenAsk:
+    ns, name, names = fresh(c)
+    c.delete_service_account(ns, name)
+    return TokenAsk(ns, name, {}, names=names)
+
+
+def _unknown_token_caller(c: Cluster) -> TokenAsk:
+    ns, name, names = fresh(c)
+    return TokenAsk(ns, name, {}, caller="not-a-credential-of-this-cluster", names=names)
+
+
+def _granted(seconds: int) -> dict[str, Any]:
+    return {
+        "code": 201,
+        "expirationSeconds": seconds,
+        "lifetime": seconds,
+        "sub": "system:serviceaccount:<ns>:<sa>",
+        "aud": [API_AUDIENCE],
+        "warning": None,
+    }
+
+
+def _invalid_lifetime(seconds: int, why: str) -> dict[str, Any]:
+    message = f"Invalid value: {seconds}: {why}"
+    return {
+        "code": 422,
+        "reason": "Invalid",
+        "message": f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: {message}',
+        "details": {
+            "group": "authentication.k8s.io",
+            "kind": "TokenRequest",
+            "causes": [{"reason": "FieldValueInvalid", "message": message, "field": "spec.expirationSeconds"}],
+        },
+    }
+
+
+TOKEN_FORBIDDEN = {
+    "code": 403,
+    "reason": "Forbidden",
+    "message": 'serviceaccounts "<sa>" is forbidden: User "system:serviceaccount:<caller-ns>:<caller-sa>" cannot '
+    'create resource "serviceaccounts/token" in API group "" in the namespace "<ns>"',
+    "details": {"name": "<sa>", "kind": "serviceaccounts"},
+}
+SHORT = "may not specify a duration less than 10 minutes"
+LONG = "may not specify a duration larger than 2^32 seconds"
+YEARS_31 = 31 * 365 * 86400
+TOKEN_REQUESTS: dict[str, tuple[Callable[[Cluster], TokenAsk], dict[str, Any]]] = {
+    "no lifetime given: an hour": (_lifetime(None), _granted(3600)),
+    "10 minutes, the shortest": (_lifetime(600), _granted(600)),
+    "under 10 minutes": (_lifetime(599), _invalid_lifetime(599, SHORT)),
+    "0 given is not 'not given'": (_lifetime(0), _invalid_lifetime(0, SHORT)),
+    "31 years: no --service-account-max-token-expiration, no cap": (_lifetime(YEARS_31), _granted(YEARS_31)),
+    "2^32 seconds, the longest": (_lifetime(2**32), _granted(2**32)),
+    "over 2^32 seconds": (_lifetime(2**32 + 1), _invalid_lifetime(2**32 + 1, LONG)),
+    "an account without RBAC asks": (_asked_by_an_account(), TOKEN_FORBIDDEN),
+    "an account granted serviceaccounts/token in another namespace asks": (
+        _asked_by_an_account(granted_in="other"),
+        TOKEN_FORBIDDEN,
+    ),
+    "an account granted serviceaccounts/token in the namespace asks": (
+        _asked_by_an_account(granted_in="same"),
+        _granted(3600),
+    ),
+    "RBAC comes before the lookup: no such account, no right": (
+        _asked_by_an_account(account=False),
+        TOKEN_FORBIDDEN,
+    ),
+    "no such account": (
+        _no_such_account,
+        {
+            "code": 404,
+            "reason": "NotFound",
+            "message": 'serviceaccounts "<sa>" not found',
+            "details": {"name": "<sa>", "kind": "serviceaccounts"},
+        },
+    ),
+    "a caller the API server does not know": (
+        _unknown_token_caller,
+        {"code": 401, "reason": "Unauthorized", "message": "Unauthorized"},
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(TOKEN_REQUESTS))
+def test_token_request_contract(any_cluster: Cluster, scenario: str) -> None:
+    make, expected = TOKEN_REQUESTS[scenario]
+    assert request_token(any_cluster, make(any_cluster)) == expected
 
 
 def test_default_caller_is_the_same_on_both(any_cluster: Cluster) -> None:

@@ -530,3 +530,146 @@ def test_standalone_prints_the_kubeconfig_and_each_token(tmp_path: Path) -> None
     claims = jwt.decode(lines[4].strip(), options={"verify_signature": False})
     assert (claims["sub"], claims["aud"]) == ("system:serviceaccount:apps:web", ["one", "two"])
     assert lines[5] == "Ctrl-C to stop."
+
+
+# -- TokenRequest: kube-apiserver's bounds on the lifetime, and RBAC on serviceaccounts/token -------
+
+
+def token_request(
+    cluster: FakeCluster, namespace: str, name: str, spec: dict[str, Any], token: str | None = None
+) -> tuple[int, dict[str, Any], str | None]:
+    """POST a TokenRequest over HTTP as ``token`` (default: the stand-in's administrator, its
+    default caller): ``(status, body, Warning header)``."""
+    import requests
+
+    response = requests.post(
+        f"{cluster.url}/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+        headers={"Authorization": f"Bearer {token or cluster.caller_token}"},
+        verify=str(cluster.ca_path),
+        timeout=10,
+    )
+    return response.status_code, response.json(), response.headers.get("Warning")
+
+
+def invalid_lifetime(seconds: int, why: str) -> dict[str, Any]:
+    message = f"Invalid value: {seconds}: {why}"
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: {message}',
+        "reason": "Invalid",
+        "details": {
+            "group": "authentication.k8s.io",
+            "kind": "TokenRequest",
+            "causes": [{"reason": "FieldValueInvalid", "message": message, "field": "spec.expirationSeconds"}],
+        },
+        "code": 422,
+    }
+
+
+SHORT = "may not specify a duration less than 10 minutes"
+LONG = "may not specify a duration larger than 2^32 seconds"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (599, invalid_lifetime(599, SHORT)),
+        (0, invalid_lifetime(0, SHORT)),  # given, so not defaulted to an hour
+        (-1, invalid_lifetime(-1, SHORT)),
+        (2**32 + 1, invalid_lifetime(2**32 + 1, LONG)),
+    ],
+)
+def test_token_request_lifetime_outside_kube_apiservers_bounds_is_invalid(
+    cluster: FakeCluster, seconds: int, expected: dict[str, Any]
+) -> None:
+    cluster.create_service_account("apps", "web")
+    assert token_request(cluster, "apps", "web", {"expirationSeconds": seconds})[:2] == (422, expected)
+
+
+@pytest.mark.parametrize("seconds", [600, 31 * 365 * 86400, 2**32])
+def test_token_request_lifetime_inside_the_bounds_is_granted_whole(cluster: FakeCluster, seconds: int) -> None:
+    """kube-apiserver without ``--service-account-max-token-expiration`` (RealCluster's flags) grants
+    any lifetime from 10 minutes to 2^32 seconds as asked: 31 years included."""
+    cluster.create_service_account("apps", "web")
+    status, body, warning = token_request(cluster, "apps", "web", {"expirationSeconds": seconds})
+    claims = jwt.decode(body["status"]["token"], options={"verify_signature": False})
+    assert (status, body["spec"]["expirationSeconds"], claims["exp"] - claims["iat"], warning) == (
+        201,
+        seconds,
+        seconds,
+        None,
+    )
+
+
+def test_token_request_is_shortened_to_the_maximum_with_a_warning(cluster: FakeCluster) -> None:
+    """``max_token_expiration`` is ``--service-account-max-token-expiration``: longer requests are
+    shortened to it, with kube-apiserver's warning; shorter ones are left alone."""
+    cluster.create_service_account("apps", "web")
+    cluster.max_token_expiration = 86400
+    status, body, warning = token_request(cluster, "apps", "web", {"expirationSeconds": 7 * 86400})
+    claims = jwt.decode(body["status"]["token"], options={"verify_signature": False})
+    assert (status, body["spec"]["expirationSeconds"], claims["exp"] - claims["iat"]) == (201, 86400, 86400)
+    assert warning == '299 - "requested expiration of 604800 seconds shortened to 86400 seconds"'
+    status, body, warning = token_request(cluster, "apps", "web", {"expirationSeconds": 3600})
+    assert (status, body["spec"]["expirationSeconds"], warning) == (201, 3600, None)
+
+
+def forbidden(user: str, namespace: str, name: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'serviceaccounts "{name}" is forbidden: User "{user}" cannot create resource '
+        f'"serviceaccounts/token" in API group "" in the namespace "{namespace}"',
+        "reason": "Forbidden",
+        "details": {"name": name, "kind": "serviceaccounts"},
+        "code": 403,
+    }
+
+
+def test_token_request_needs_rbac_create_on_serviceaccounts_token(cluster: FakeCluster) -> None:
+    cluster.create_service_account("apps", "web")
+    caller = cluster.token("ci", "deployer")
+    user = "system:serviceaccount:ci:deployer"
+    assert token_request(cluster, "apps", "web", {}, caller)[:2] == (403, forbidden(user, "apps", "web"))
+    # RBAC is asked before the account is looked up: no probing for names without the right.
+    assert token_request(cluster, "apps", "nobody", {}, caller)[:2] == (403, forbidden(user, "apps", "nobody"))
+
+    cluster.allow(user, "create", "serviceaccounts/token", namespace="other")  # another namespace: no
+    assert token_request(cluster, "apps", "web", {}, caller)[0] == 403
+    cluster.allow(user, "create", "serviceaccounts", namespace="apps")  # the resource, not its subresource: no
+    assert token_request(cluster, "apps", "web", {}, caller)[0] == 403
+
+    cluster.allow(user, "create", "serviceaccounts/token", namespace="apps", name="web")
+    status, body, _ = token_request(cluster, "apps", "web", {"audiences": ["bindcar"]}, caller)
+    claims = jwt.decode(body["status"]["token"], options={"verify_signature": False})
+    assert (status, claims["sub"], claims["aud"]) == (201, "system:serviceaccount:apps:web", ["bindcar"])
+    assert token_request(cluster, "apps", "other", {}, caller)[:2] == (403, forbidden(user, "apps", "other"))
+
+
+def test_token_request_by_an_unknown_caller_is_unauthorized(cluster: FakeCluster) -> None:
+    cluster.create_service_account("apps", "web")
+    assert token_request(cluster, "apps", "web", {}, "not-a-token-it-knows")[:2] == (
+        401,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "Unauthorized",
+            "reason": "Unauthorized",
+            "code": 401,
+        },
+    )
+
+
+def test_the_python_side_still_mints_any_lifetime(cluster: FakeCluster) -> None:
+    """Tests mint expired and short-lived tokens directly; only the HTTP API follows kube-apiserver."""
+    for seconds in (-60, 30):
+        claims = jwt.decode(cluster.token("apps", "web", expires_in=seconds), options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == seconds

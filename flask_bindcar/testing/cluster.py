@@ -71,6 +71,29 @@ def _status(code: int, reason: str, message: str, details: dict[str, Any] | None
     return body
 
 
+def forbidden_status(
+    user: str,
+    verb: str,
+    resource: str,
+    *,
+    group: str = "",
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> dict[str, Any]:
+    """kube-apiserver's 403 Status for a request RBAC does not allow (its ``ForbiddenStatusError``)."""
+    what = f"{resource}/{subresource}" if subresource else resource
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    why = f'User "{user}" cannot {verb} resource "{what}" in API group "{group}" {scope}'
+    qualified = f"{resource}.{group}" if group else resource
+    message = f'{qualified} "{name}" is forbidden: {why}' if name else f"{qualified} is forbidden: {why}"
+    details: dict[str, Any] = {"name": name} if name else {}
+    if group:
+        details["group"] = group
+    details["kind"] = resource
+    return _status(403, "Forbidden", message, details)
+
+
 def _go_quote_list(items: Iterable[str]) -> str:
     """Format a string slice as Go's ``%q`` does: ``["a" "b"]``."""
     return "[" + " ".join(json.dumps(i) for i in items) + "]"
@@ -207,6 +230,12 @@ class FakeCluster:
         """The fault every API request meets until it is set back to None."""
         self.hang_seconds = 30.0
         """How long the ``hang`` fault holds a request (ended early by `stop`)."""
+        self.max_token_expiration: int | None = None
+        """kube-apiserver's ``--service-account-max-token-expiration`` in seconds: a TokenRequest for
+        longer is shortened to it, with a warning. None (the default, as in RealCluster) is no cap."""
+        self.admins: set[str] = {DEFAULT_CALLER}
+        """Users the stand-in's own API lets do everything, as ``system:masters`` would: the default
+        caller, whose token its kubeconfig carries. Everyone else needs an RBAC rule (`allow`)."""
 
         self.reviews_served = 0
         """TokenReviews answered with 201."""
@@ -352,6 +381,26 @@ class FakeCluster:
     def can_review(self, username: str) -> bool:
         with self._lock:
             return username in self._reviewers
+
+    def authorized(
+        self,
+        username: str,
+        verb: str,
+        resource: str,
+        *,
+        group: str = "",
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> bool:
+        """Whether ``username`` may make this request of the stand-in's own API: one of `admins`, or
+        allowed by the RBAC rules (`allow`), as kube-apiserver's RBAC authorizer decides."""
+        if username in self.admins:
+            return True
+        attrs = {"verb": verb, "group": group, "resource": resource}
+        attrs.update({k: v for k, v in (("namespace", namespace), ("name", name), ("subresource", subresource)) if v})
+        spec = {"user": username, "groups": _groups_of(username), "resourceAttributes": attrs}
+        return bool(self.rbac.decide(spec)["allowed"])
 
     def allow(
         self,
@@ -772,9 +821,11 @@ class _Handler(BaseHTTPRequestHandler):
     def cluster(self) -> FakeCluster:
         return self.server.cluster
 
-    def _send_json(self, code: int, body: Any) -> None:
+    def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -868,7 +919,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _core_api(self, method: str) -> bool:
         """Serve discovery, ServiceAccounts, Pods and TokenRequest. True when the request was answered.
 
-        Any caller the cluster knows may use them (no RBAC here); namespaces always exist.
+        Each request is authorized as kube-apiserver's RBAC would (`FakeCluster.authorized`);
+        namespaces always exist.
         """
         route = self.path.split("?")[0].rstrip("/")
         if method == "GET" and route in _DISCOVERY:
@@ -880,10 +932,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()  # DELETE carries DeleteOptions; a body left unread would end the connection
         if self._apply_fault():
             return True
-        if self.cluster._caller(self.headers.get("Authorization")) is None:
-            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
-            return True
         ns, kind, name, sub = match.group("ns"), match.group("kind"), match.group("name"), match.group("sub")
+        verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete" if name else "deletecollection"}
+        if not self._authorize(verb[method], kind, namespace=ns, name=name, subresource=sub):
+            return True
         cluster = self.cluster
         store: dict[tuple[str, str], Any] = cluster.service_accounts if kind == "serviceaccounts" else cluster.pods
         if name is None:
@@ -951,15 +1003,23 @@ class _Handler(BaseHTTPRequestHandler):
             return None
 
     def _token_request(self, sa: ServiceAccount, raw: bytes) -> None:
-        """TokenRequest, with kube-apiserver's defaults and checks: 1 h, at least 10 min, a bound Pod."""
+        """TokenRequest, with kube-apiserver's defaults and checks: 1 h when not given, from 10 min
+        to 2^32 s, shortened to `FakeCluster.max_token_expiration` (with its warning), a bound Pod."""
         body = self._decode_object(raw, "token")
         spec = body.get("spec") if isinstance(body, dict) else None
-        if not isinstance(spec, dict):
+        seconds = spec.get("expirationSeconds") if isinstance(spec, dict) else None
+        if seconds is None:  # not given (0 is given, and invalid)
+            seconds = 3600
+        if not isinstance(spec, dict) or not isinstance(seconds, int) or isinstance(seconds, bool):
             self._send_json(400, _status(400, "BadRequest", "the body of the request is not a valid TokenRequest"))
             return
-        seconds = spec.get("expirationSeconds") or 3600
-        if not isinstance(seconds, int) or seconds < 600:
-            message = f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+        why = None
+        if seconds < 600:
+            why = "may not specify a duration less than 10 minutes"
+        elif seconds > 2**32:
+            why = "may not specify a duration larger than 2^32 seconds"
+        if why is not None:
+            message = f"Invalid value: {seconds}: {why}"
             self._send_json(
                 422,
                 _status(
@@ -988,6 +1048,11 @@ class _Handler(BaseHTTPRequestHandler):
                     404, _status(404, "NotFound", f'pods "{pod_name}" not found', {"name": pod_name, "kind": "pods"})
                 )
                 return
+        limit = self.cluster.max_token_expiration
+        warning = None
+        if limit is not None and seconds > limit:
+            warning = f'299 - "requested expiration of {seconds} seconds shortened to {limit} seconds"'
+            seconds = limit
         token = self.cluster._mint(sa, audiences, seconds, pod)
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
         self._send_json(
@@ -1004,6 +1069,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": ref},
                 "status": {"token": token, "expirationTimestamp": expires},
             },
+            headers={"Warning": warning} if warning else None,
         )
 
     def _may_create(self, resource: str, group: str) -> bool:
@@ -1014,11 +1080,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
             return False
         if not self.cluster.can_review(caller):
-            message = (
-                f'{resource}.{group} is forbidden: User "{caller}" cannot create resource "{resource}" '
-                f'in API group "{group}" at the cluster scope'
+            self._send_json(403, forbidden_status(caller, "create", resource, group=group))
+            return False
+        return True
+
+    def _authorize(
+        self,
+        verb: str,
+        resource: str,
+        *,
+        group: str = "",
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> bool:
+        """Authenticate and authorize a request to the stand-in's own API, as kube-apiserver does
+        before anything else; if refused, the 401 or the 403 Status has been answered."""
+        caller = self.cluster._caller(self.headers.get("Authorization"))
+        if caller is None:
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return False
+        if not self.cluster.authorized(
+            caller, verb, resource, group=group, namespace=namespace, name=name, subresource=subresource
+        ):
+            status = forbidden_status(
+                caller, verb, resource, group=group, namespace=namespace, name=name, subresource=subresource
             )
-            self._send_json(403, _status(403, "Forbidden", message, {"group": group, "kind": resource}))
+            self._send_json(403, status)
             return False
         return True
 
