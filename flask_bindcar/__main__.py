@@ -1,10 +1,11 @@
 """``python -m flask_bindcar doctor|review``: troubleshooting with the configuration from the environment.
 
 ``doctor`` checks the configuration, the Kubernetes client, the API server, the permission to
-create TokenReviews and a probe review; exit status 1 when a check fails. ``review`` reads a token,
-or a whole ``Bearer <token>`` header value, from standard input (or ``--token-file``; never from the
-command line, where ``ps`` would show it) and prints each step of the chain and the answer a client
-would get.
+create TokenReviews (and SubjectAccessReviews, with ``BIND_AUTHZ``) and a probe review; exit status
+1 when a check fails. It sees no Flask views, so for RBAC given per view it points to ``flask --app
+... bindcar doctor``, which finds them. ``review`` reads a token, or a whole ``Bearer <token>``
+header value, from standard input (or ``--token-file``; never from the command line, where ``ps``
+would show it) and prints each step of the chain and the answer a client would get.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from flask_bindcar.doctor import Route, doctor, review
 from flask_bindcar.errors import ConfigError
 
 
-def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None, authorization: bool = False) -> int:
+def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None, authorization: bool | None = None) -> int:
+    """``authorization``: whether a view has its own RBAC; None when the views are not known here."""
     report = doctor(config, threads=threads, authorization=authorization)
     print(report.json() if as_json else report.text())
     return 0 if report.ok else 1
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"✘ configuration: {e}", file=sys.stderr)
         return 1
     if args.command == "doctor":
-        return run_doctor(config, args.json, args.threads)
+        return run_doctor(config, args.json, args.threads, authorization=None)  # no app, no views to look at
     route = Route(args.method.upper(), args.path, "", rbac=config.rbac) if args.path is not None else None
     return run_review(config, read_token(args.token_file), args.json, route)
 

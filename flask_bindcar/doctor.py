@@ -26,6 +26,13 @@ from flask_bindcar.rbac import RBAC
 Status = Literal["pass", "fail", "warn", "skip"]
 SYMBOLS: dict[Status, str] = {"pass": "✔", "fail": "✘", "warn": "⚠", "skip": "-"}
 REVIEW_VERDICTS = ("the token is accepted", "the token is rejected")
+FORBIDDEN_VERDICT = "the token is valid; the request is forbidden by RBAC"
+UNAVAILABLE_VERDICT = "the token is valid; the request fails: no RBAC decision could be obtained"
+NO_TOKEN_VERDICT = "the request needs no token"
+PER_VIEW_RBAC = (
+    "BIND_AUTHZ is not set; views with their own @auth_required(rbac=...) are not seen from here: "
+    "flask --app <your app> bindcar doctor finds them and checks this permission"
+)
 PROBE_TOKEN = "bindcar-doctor-probe-not-a-token"
 
 RBAC_TEMPLATE = """\
@@ -151,14 +158,16 @@ def doctor(
     *,
     threads: int | None = None,
     environ: Mapping[str, str] | None = None,
-    authorization: bool = False,
+    authorization: bool | None = None,
 ) -> Report:
     """Check ``config`` end to end: posture, bulkhead, client, API server, permission, a probe review.
 
     ``threads`` is the server's thread count per worker; without it, it is read from gunicorn's
     ``GUNICORN_CMD_ARGS`` in ``environ`` (default ``os.environ``) when that sets ``--threads``.
     With ``authorization`` (a view has its own ``rbac``) or ``BIND_AUTHZ`` set, the permission to
-    create SubjectAccessReviews is checked too.
+    create SubjectAccessReviews is checked too. ``authorization=False`` says that no view has its
+    own ``rbac`` (the Flask command looked); ``None``, the default, that nobody looked at the
+    views, as with ``python -m flask_bindcar doctor``: the report then says where they are seen.
     """
     checks = [configuration_check(config)]
     warnings = config.posture_warnings()
@@ -167,7 +176,7 @@ def doctor(
         checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
         return Report("flask-bindcar doctor", checks)
     checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
-    checks += _kubernetes_checks(config, authorization or config.rbac is not None)
+    checks += _kubernetes_checks(config, authorization)
     return Report("flask-bindcar doctor", checks)
 
 
@@ -213,7 +222,7 @@ def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str
     )
 
 
-def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[Check]:
+def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[Check]:
     from kubernetes.client import VersionApi
 
     from flask_bindcar.kube import ClientBuildError, KubeTokenReviewer, build_api_client, kubeconfig_path
@@ -273,8 +282,10 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool = False) -> list[
                 fix="apply this RBAC (kubectl apply -f -):\n" + rbac_yaml(namespace, name),
             )
         )
-    if authorization:
+    if authorization or config.rbac is not None:
         checks.append(_authorization_permission(api_client, timeout, who, sa))
+    elif authorization is None:
+        checks.append(Check("authorization permission", "skip", PER_VIEW_RBAC))
 
     reviewer = KubeTokenReviewer(config)
     try:
@@ -365,9 +376,8 @@ class Route:
     """``@auth_required(require_pod=True)``: only a token bound to a pod."""
 
     def describe(self) -> str:
+        """What the request meets beyond the app's own checks: the view's allowlists, then its RBAC."""
         where = f"{self.method} {self.path} is view {self.endpoint}" if self.endpoint else f"{self.method} {self.path}"
-        if self.rbac is not None and not self.exempt:
-            where += f" (RBAC {json.dumps(self.rbac.summary())})"
         if self.exempt:
             return f"{where}: exempt from authentication"
         policy = [
@@ -377,7 +387,10 @@ class Route:
         ]
         if self.require_pod:
             policy.append("require_pod=True")
-        return f"{where}: @auth_required({', '.join(policy)})" if policy else f"{where}: the app-wide policy"
+        needs = [f"@auth_required({', '.join(policy)})"] if policy else []
+        if self.rbac is not None:
+            needs.append(f"RBAC {json.dumps(self.rbac.summary())}")
+        return f"{where}: {', then '.join(needs)}" if needs else f"{where}: the app-wide policy"
 
 
 def authorization_header(text: str) -> str:
@@ -402,7 +415,7 @@ def review(
         checks.append(Check("route", "pass", route.describe()))
         if route.exempt:
             checks.append(Check("result", "pass", f"allowed: {route.method} {route.path} needs no token"))
-            return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, None
+            return Report("flask-bindcar review", checks, (NO_TOKEN_VERDICT, NO_TOKEN_VERDICT)), None, None
     step = "header"
     try:
         token = bearer_token(authorization_header(token))
@@ -453,9 +466,11 @@ def review(
         checks.append(Check("result", "fail", f"401 {json.dumps({'error': e.message})}"))
         return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
     except (AccessDenied, AuthzUnavailable) as e:
+        # The token passed every authentication step: only the authorization refused or failed.
         checks.append(Check(step, "fail", e.message))
         checks.append(Check("result", "fail", f"{e.code} {json.dumps({'error': e.message})}"))
-        return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
+        verdict = FORBIDDEN_VERDICT if isinstance(e, AccessDenied) else UNAVAILABLE_VERDICT
+        return Report("flask-bindcar review", checks, (REVIEW_VERDICTS[0], verdict)), None, e
     checks.append(Check("result", "pass", f"allowed as {identity.username or identity.method}"))
     return Report("flask-bindcar review", checks, REVIEW_VERDICTS), identity, None
 

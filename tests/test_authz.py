@@ -786,6 +786,7 @@ def test_review_reports_the_rbac_verdict(fake: FakeCluster, fake_kc: Path) -> No
         ("rbac", "fail", f"Forbidden: {user} cannot delete /zones"),
         ("result", "fail", f'403 {{"error": "Forbidden: {user} cannot delete /zones"}}'),
     ]
+    assert report.text().splitlines()[-1] == "the token is valid; the request is forbidden by RBAC"
 
 
 def test_flask_cli_review_resolves_the_views_rbac(fake: FakeCluster, fake_kc: Path) -> None:
@@ -807,9 +808,10 @@ def test_flask_cli_review_resolves_the_views_rbac(fake: FakeCluster, fake_kc: Pa
     assert f'✔ rbac: {user} may delete zones.{GROUP} "example.com": RBAC: allowed by' in allowed.output
     denied = runner.invoke(args=["bindcar", "review", "--method", "DELETE", "--path", "/zones/other.org"], input=token)
     assert denied.exit_code == 1
-    assert denied.output.splitlines()[-2] == (
-        f'✘ result: 403 {{"error": "Forbidden: {user} cannot delete zones.{GROUP} \\"other.org\\""}}'
-    )
+    assert denied.output.splitlines()[-2:] == [
+        f'✘ result: 403 {{"error": "Forbidden: {user} cannot delete zones.{GROUP} \\"other.org\\""}}',
+        "the token is valid; the request is forbidden by RBAC",
+    ]
 
 
 # -- the example app: DELETE guarded by RBAC, with the deployed manifest -------------------------

@@ -77,10 +77,45 @@ def test_doctor_all_good(fake_kubeconfig: Path) -> None:
         ("client", "pass"),
         ("api server", "pass"),
         ("permission", "pass"),
+        ("authorization permission", "skip"),
         ("token review", "pass"),
     ]
     assert checks[4]["detail"].startswith("https://127.0.0.1:")
     assert "answered /version (v1.31.0-fake) in " in checks[4]["detail"]
+
+
+PER_VIEW_POINTER = (
+    "- authorization permission: BIND_AUTHZ is not set; views with their own @auth_required(rbac=...) are not "
+    "seen from here: flask --app <your app> bindcar doctor finds them and checks this permission"
+)
+MAY_CREATE_SARS = (
+    "✔ authorization permission: system:serviceaccount:dns-system:bindcar may create "
+    "subjectaccessreviews.authorization.k8s.io"
+)
+
+
+def test_doctor_without_the_app_points_to_the_flask_command_for_per_view_rbac(fake_kubeconfig: Path) -> None:
+    """The plain command sees no views: without BIND_AUTHZ it names the command that checks them."""
+    env = tokenreview_env(fake_kubeconfig, BIND_ALLOWED_NAMESPACES="dns-system")
+    result = run(["doctor"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert without_timings(result.stdout).splitlines()[-4:] == [
+        "✔ permission: system:serviceaccount:dns-system:bindcar may create tokenreviews.authentication.k8s.io",
+        PER_VIEW_POINTER,
+        "✔ token review: a probe TokenReview of an invalid token: rejected, as it should be, _ ms",
+        "all checks passed",
+    ]
+
+
+def test_doctor_with_app_wide_rbac_checks_the_permission_itself(fake_kubeconfig: Path) -> None:
+    env = tokenreview_env(fake_kubeconfig, BIND_ALLOWED_NAMESPACES="dns-system", BIND_AUTHZ="path")
+    result = run(["doctor"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert without_timings(result.stdout).splitlines()[-3:] == [
+        MAY_CREATE_SARS,
+        "✔ token review: a probe TokenReview of an invalid token: rejected, as it should be, _ ms",
+        "all checks passed",
+    ]
 
 
 def test_doctor_caller_without_rbac_prints_the_rbac_to_apply(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
@@ -158,6 +193,27 @@ def test_flask_cli_doctor_uses_the_apps_configuration(fake_kubeconfig: Path) -> 
     checks = checks_of(result.output)
     assert checks[0]["lines"][0] == 'mode = "tokenreview"  (keyword mode)'
     assert all(c["status"] != "fail" for c in checks)
+    assert "authorization permission" not in [c["name"] for c in checks]  # it looked: no view needs RBAC
+
+
+def test_flask_cli_doctor_finds_a_views_own_rbac(fake_kubeconfig: Path) -> None:
+    from flask_bindcar import RBAC, auth_required
+
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kubeconfig), allowed_namespaces="dns-system")
+    app.add_url_rule(
+        "/zones/<name>",
+        "delete_zone",
+        auth_required(rbac=RBAC(resource="zones", group="bindcar.firestoned.io", name="{name}"))(lambda name: name),
+        methods=["DELETE"],
+    )
+    result = app.test_cli_runner().invoke(args=["bindcar", "doctor"])
+    assert result.exit_code == 0, result.output
+    assert without_timings(result.output).splitlines()[-3:] == [
+        MAY_CREATE_SARS,
+        "✔ token review: a probe TokenReview of an invalid token: rejected, as it should be, _ ms",
+        "all checks passed",
+    ]
 
 
 # -- review ------------------------------------------------------------------------------------
@@ -321,6 +377,7 @@ def test_review_of_a_route_whose_rbac_cannot_be_asked(fake_cluster: FakeCluster,
     report, identity, error = review(basic, "a-well-formed-token", Route("DELETE", "/zones/x", "zone", rbac=rbac))
     assert identity is None and error is not None and error.reason == "not_configured"
     assert [c.name for c in report.checks][-2:] == ["rbac", "result"]
+    assert report.text().splitlines()[-1] == "the token is valid; the request fails: no RBAC decision could be obtained"
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}, environ={})
     token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
     report, identity, error = review(config, token, Route("DELETE", "/zones/x", "zone", rbac=rbac))

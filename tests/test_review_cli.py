@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -152,3 +153,69 @@ def test_flask_review_applies_a_views_pod_binding(fake_cluster: FakeCluster, fak
     assert lines[1] == "✔ route: GET /pods-only is view pods_only: @auth_required(require_pod=True)"
     assert f"✘ view policy: {POD_BOUND_ONLY}" in lines
     assert lines[-2:] == [f'✘ result: 401 {{"error": "{POD_BOUND_ONLY}"}}', "the token is rejected"]
+
+
+ZONES = 'RBAC {"resource": "zones", "group": "bindcar.firestoned.io", "name": "{name}"}'
+FORBIDDEN = (
+    'Forbidden: system:serviceaccount:dns-system:external-dns cannot delete zones.bindcar.firestoned.io "other.org"'
+)
+
+
+def test_flask_review_of_a_view_guarded_by_rbac_alone(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    """The route line names the view's RBAC; a valid token RBAC refuses is not called a rejected token."""
+    from flask import Flask
+
+    from flask_bindcar import RBAC, BindcarAuth, auth_required
+
+    app = Flask(__name__)
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(fake_kubeconfig))
+    rbac = RBAC(resource="zones", group="bindcar.firestoned.io", name="{name}")
+    app.add_url_rule("/zones/<name>", "zone", auth_required(rbac=rbac)(lambda name: name), methods=["DELETE"])
+    user = "system:serviceaccount:dns-system:external-dns"
+    fake_cluster.allow(user, "delete", "zones", group="bindcar.firestoned.io", name="example.com")
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    runner = app.test_cli_runner()
+    review_delete = ["bindcar", "review", "--method", "DELETE", "--path"]
+
+    denied = runner.invoke(args=[*review_delete, "/zones/other.org"], input=token)
+
+    assert denied.exit_code == 1, denied.output
+    lines = denied.output.splitlines()
+    assert lines[1] == f"✔ route: DELETE /zones/other.org is view zone: {ZONES}"
+    assert lines[-3:] == [
+        f"✘ rbac: {FORBIDDEN}",
+        f"✘ result: 403 {json.dumps({'error': FORBIDDEN})}",
+        "the token is valid; the request is forbidden by RBAC",
+    ]
+    allowed = runner.invoke(args=[*review_delete, "/zones/example.com"], input=token)
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.output.splitlines()[-2:] == [f"✔ result: allowed as {user}", "the token is accepted"]
+
+
+def test_flask_review_names_the_allowlist_then_the_rbac(
+    fake_cluster: FakeCluster, fake_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The example app's DELETE under ZONE_AUTHZ=rbac: its allowlist is checked first, then RBAC."""
+    monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
+    monkeypatch.setenv("KUBECONFIG", str(fake_kubeconfig))
+    monkeypatch.setenv("ZONE_AUTHZ", "rbac")
+    runner = create_app(tmp_path).test_cli_runner()
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    result = runner.invoke(args=["bindcar", "review", "--method", "DELETE", "--path", "/api/v1/zones/x"], input=token)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[1] == (
+        "✔ route: DELETE /api/v1/zones/x is view delete_zone: "
+        f"@auth_required(service_accounts=['system:serviceaccount:dns-system:external-dns']), then {ZONES}"
+    )
+    assert lines[-1] == "the token is valid; the request is forbidden by RBAC"
+
+
+def test_review_of_an_exempt_view_says_no_token_is_needed(cli: Review) -> None:
+    result = cli("abc", "--path", "/api/v1/health")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        "✔ route: GET /api/v1/health is view health: exempt from authentication",
+        "✔ result: allowed: GET /api/v1/health needs no token",
+        "the request needs no token",
+    ]
