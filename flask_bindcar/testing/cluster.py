@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -32,6 +33,7 @@ import jwt
 import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from flask_bindcar.testing import rbac as _rbac
 from flask_bindcar.testing.rbac import Rule, Rules, SubjectKind, validate
 
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
@@ -113,6 +115,16 @@ class ServiceAccount:
     @property
     def username(self) -> str:
         return f"{SA_PREFIX}{self.namespace}:{self.name}"
+
+
+@dataclass
+class Namespace:
+    name: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created: str = field(default_factory=_now_rfc3339, compare=False)
+
+
+BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
 
 
 @dataclass
@@ -219,6 +231,9 @@ class FakeCluster:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
+        self.namespaces: dict[str, Namespace] = {name: Namespace(name) for name in BUILTIN_NAMESPACES}
+        """Namespaces created through the API (and the built-in ones). Every namespace exists for
+        ServiceAccounts and Pods; the API lists these and those that hold an account or a pod."""
         self.service_accounts: dict[tuple[str, str], ServiceAccount] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
         self._callers: dict[str, str] = {}  # caller token -> username (non-ServiceAccount callers)
@@ -379,8 +394,22 @@ class FakeCluster:
         return token
 
     def can_review(self, username: str) -> bool:
+        """Whether ``username`` may create TokenReviews: `grant_token_review`, or an RBAC binding
+        (to ``system:auth-delegator``, say) created through the API or with `allow`."""
         with self._lock:
-            return username in self._reviewers
+            if username in self._reviewers:
+                return True
+        attrs = {"verb": "create", "group": "authentication.k8s.io", "resource": "tokenreviews"}
+        spec = {"user": username, "groups": _groups_of(username), "resourceAttributes": attrs}
+        return bool(self.rbac.decide(spec)["allowed"])
+
+    def namespace(self, name: str) -> Namespace | None:
+        """The namespace, if the API would list it: created, built in, or holding an account or a pod."""
+        with self._lock:
+            found = self.namespaces.get(name)
+            if found is None and any(ns == name for ns, _ in itertools.chain(self.service_accounts, self.pods)):
+                found = self.namespaces[name] = Namespace(name)
+            return found
 
     def authorized(
         self,
@@ -641,6 +670,13 @@ _CORE_ROUTE = re.compile(
 )
 
 
+_OBJECT_ROUTE = re.compile(
+    r"/api/v1/namespaces(?:/(?P<nsname>[^/]+))?"
+    r"|/apis/rbac\.authorization\.k8s\.io/v1(?:/namespaces/(?P<ns>[^/]+))?"
+    r"/(?P<kind>clusterroles|clusterrolebindings|roles|rolebindings)(?:/(?P<name>[^/]+))?"
+)
+
+
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 _PROTOBUF_MAGIC = b"k8s\x00"
 
@@ -692,6 +728,18 @@ def _from_protobuf(raw: bytes, kind: str) -> dict[str, Any]:
     obj = _proto_fields(envelope.get(2, [b""])[-1])
     meta = _proto_fields(obj.get(1, [b""])[-1])
     result: dict[str, Any] = {"metadata": {"name": _proto_str(meta, 1)}}
+    if kind in ("clusterroles", "roles"):
+        result["rules"] = [_proto_policy_rule(_proto_fields(rule)) for rule in obj.get(2, [])]
+        return result
+    if kind in ("clusterrolebindings", "rolebindings"):
+        result["subjects"] = [_proto_subject(_proto_fields(subject)) for subject in obj.get(2, [])]
+        ref = _proto_fields(obj.get(3, [b""])[-1])
+        result["roleRef"] = {
+            "apiGroup": _proto_str(ref, 1) or "",
+            "kind": _proto_str(ref, 2) or "",
+            "name": _proto_str(ref, 3) or "",
+        }
+        return result
     spec = _proto_fields(obj.get(2, [b""])[-1])
     if kind == "pods":
         result["spec"] = {"serviceAccountName": _proto_str(spec, 8)}
@@ -709,6 +757,34 @@ def _from_protobuf(raw: bytes, kind: str) -> dict[str, Any]:
             }
         result["spec"] = token_spec
     return result
+
+
+def _proto_policy_rule(rule: dict[int, list[Any]]) -> dict[str, Any]:
+    """An RBAC ``PolicyRule`` as JSON, from its protobuf fields."""
+    keys = {1: "verbs", 2: "apiGroups", 3: "resources", 4: "resourceNames", 5: "nonResourceURLs"}
+    return {key: [v.decode() for v in rule[number]] for number, key in keys.items() if number in rule}
+
+
+def _proto_subject(subject: dict[int, list[Any]]) -> dict[str, Any]:
+    """An RBAC ``Subject`` as JSON, from its protobuf fields."""
+    keys = {1: "kind", 2: "apiGroup", 3: "name", 4: "namespace"}
+    return {key: _proto_str(subject, number) for number, key in keys.items() if number in subject}
+
+
+def _namespace(ns: Namespace) -> dict[str, Any]:
+    return {
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": ns.name,
+            "uid": ns.uid,
+            "resourceVersion": "1",
+            "creationTimestamp": ns.created,
+            "labels": {"kubernetes.io/metadata.name": ns.name},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
 
 
 def _object(obj: ServiceAccount | Pod) -> dict[str, Any]:
@@ -739,11 +815,64 @@ def _api_resources(handler: Any) -> dict[str, Any]:
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": [
+            resource("namespaces", "Namespace", crud, namespaced=False, shortNames=["ns"]),
             resource("pods", "Pod", crud, shortNames=["po"]),
             resource("serviceaccounts", "ServiceAccount", crud, shortNames=["sa"]),
             resource("serviceaccounts/token", "TokenRequest", ["create"], group="authentication.k8s.io", version="v1"),
         ],
     }
+
+
+def _rbac_resources(handler: Any) -> dict[str, Any]:
+    crud = ["create", "delete", "get", "list"]
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{_rbac.GROUP}/v1",
+        "resources": [
+            {
+                "name": name,
+                "singularName": kind.lower(),
+                "namespaced": name in _rbac.NAMESPACED,
+                "kind": kind,
+                "verbs": crud,
+            }
+            for name, kind in _rbac.KINDS.items()
+        ],
+    }
+
+
+_RBAC_VERSION = {"groupVersion": f"{_rbac.GROUP}/v1", "version": "v1"}
+_OPENAPI_KINDS = {
+    "api/v1": [("", "Namespace"), ("", "Pod"), ("", "ServiceAccount")],
+    f"apis/{_rbac.GROUP}/v1": [(_rbac.GROUP, kind) for kind in _rbac.KINDS.values()],
+}
+
+
+def _openapi_v3_root(handler: Any) -> dict[str, Any]:
+    """The OpenAPI v3 index: kubectl apply reads it to learn that the server validates fields
+    (``fieldValidation``) and so need not validate the objects itself."""
+    return {"paths": {path: {"serverRelativeURL": f"/openapi/v3/{path}?hash=fake"} for path in _OPENAPI_KINDS}}
+
+
+def _openapi_v3(path: str) -> Any:
+    """The part of a group version's OpenAPI v3 document kubectl's field-validation check reads:
+    a PATCH of each kind, taking a ``fieldValidation`` query parameter."""
+
+    def document(handler: Any) -> dict[str, Any]:
+        paths = {
+            f"/{path}/{kind.lower()}s/{{name}}": {
+                "patch": {
+                    "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": kind},
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {},
+                }
+            }
+            for group, kind in _OPENAPI_KINDS[path]
+        }
+        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.31.0-fake"}, "paths": paths}
+
+    return document
 
 
 _DISCOVERY: dict[str, Any] = {
@@ -752,8 +881,15 @@ _DISCOVERY: dict[str, Any] = {
         "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{h.cluster.port}"}],
     },
-    "/apis": lambda h: {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/apis": lambda h: {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [{"name": _rbac.GROUP, "versions": [_RBAC_VERSION], "preferredVersion": _RBAC_VERSION}],
+    },
     "/api/v1": _api_resources,
+    f"/apis/{_rbac.GROUP}/v1": _rbac_resources,
+    "/openapi/v3": _openapi_v3_root,
+    **{f"/openapi/v3/{path}": _openapi_v3(path) for path in _OPENAPI_KINDS},
 }
 
 
@@ -861,7 +997,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
-        if self._core_api("GET"):
+        if self._core_api("GET") or self._object_api("GET"):
             return
         if self.path.split("?")[0].rstrip("/") == "/version":
             if self._apply_fault():
@@ -884,12 +1020,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
 
     def do_DELETE(self) -> None:
-        if not self._core_api("DELETE"):
+        if not (self._core_api("DELETE") or self._object_api("DELETE")):
             self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
 
     def do_POST(self) -> None:
         route = self.path.split("?")[0]
-        if self._core_api("POST"):
+        if self._core_api("POST") or self._object_api("POST"):
             return
         raw = self._read_body()
         if route == TOKENREVIEW_PATH:
@@ -992,6 +1128,93 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
         return True
+
+    def _object_api(self, method: str) -> bool:
+        """Serve Namespaces and the RBAC objects (ClusterRoles, ClusterRoleBindings, Roles,
+        RoleBindings): create, get, list, delete. True when the request was answered.
+
+        What a binding grants is what `FakeCluster.allow` grants: see `flask_bindcar.testing.rbac`.
+        """
+        route = self.path.split("?")[0].rstrip("/")
+        match = _OBJECT_ROUTE.fullmatch(route)
+        if match is None:
+            return False
+        raw = self._read_body()
+        if self._apply_fault():
+            return True
+        resource = match.group("kind") or "namespaces"
+        group = _rbac.GROUP if match.group("kind") else ""
+        ns = match.group("ns")
+        name = match.group("name") if match.group("kind") else match.group("nsname")
+        if (ns is not None) != (resource in _rbac.NAMESPACED):
+            self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return True
+        verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete" if name else "deletecollection"}
+        if not self._authorize(verb[method], resource, group=group, namespace=ns, name=name):
+            return True
+        qualified = f"{resource}.{group}" if group else resource
+        details = {"name": name, "group": group, "kind": resource} if group else {"name": name, "kind": resource}
+        not_found = _status(404, "NotFound", f'{qualified} "{name}" not found', details)
+        cluster = self.cluster
+        if resource == "namespaces":
+            self._namespace_api(method, name, raw, not_found)
+        elif method == "GET" and name is None:
+            items = cluster.rbac.list(resource, ns)
+            kind = _rbac.KINDS[resource] + "List"
+            body = {"kind": kind, "apiVersion": f"{group}/v1", "metadata": {"resourceVersion": "1"}, "items": items}
+            self._send_json(200, body)
+        elif method == "POST" and name is None:
+            obj = self._decode_object(raw, resource)
+            code, answer = cluster.rbac.create(resource, ns, obj)
+            if code == 201:
+                self._send_json(201, answer)
+            elif code == 409:
+                message = f'{qualified} "{answer}" already exists'
+                self._send_json(409, _status(409, "AlreadyExists", message, {**details, "name": answer}))
+            else:
+                given = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None
+                invalid = {"name": given} if given else {}
+                invalid.update(group=group, kind=_rbac.KINDS[resource])
+                self._send_json(422, _status(422, "Invalid", str(answer), invalid))
+        elif method == "GET" and name is not None:
+            found = cluster.rbac.get(resource, ns, name)
+            self._send_json(200, found) if found is not None else self._send_json(404, not_found)
+        elif method == "DELETE" and name is not None:
+            gone = cluster.rbac.delete(resource, ns, name)
+            self._send_json(200, gone) if gone is not None else self._send_json(404, not_found)
+        else:
+            self._send_json(405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
+        return True
+
+    def _namespace_api(self, method: str, name: str | None, raw: bytes, not_found: dict[str, Any]) -> None:
+        cluster = self.cluster
+        if method == "GET" and name is None:
+            with cluster._lock:
+                names = set(cluster.namespaces) | {
+                    ns for ns, _ in itertools.chain(cluster.service_accounts, cluster.pods)
+                }
+            items = [_namespace(found) for n in sorted(names) if (found := cluster.namespace(n)) is not None]
+            self._send_json(
+                200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+            )
+        elif method == "GET" and name is not None:
+            found = cluster.namespace(name)
+            self._send_json(200, _namespace(found)) if found is not None else self._send_json(404, not_found)
+        elif method == "POST" and name is None:
+            body = self._decode_object(raw, "namespaces")
+            new = body.get("metadata", {}).get("name") if isinstance(body, dict) else None
+            if not isinstance(new, str) or not new:
+                message = 'Namespace "" is invalid: metadata.name: Required value: name or generateName is required'
+                self._send_json(422, _status(422, "Invalid", message, {"kind": "Namespace"}))
+            elif cluster.namespace(new) is not None:
+                message = f'namespaces "{new}" already exists'
+                self._send_json(409, _status(409, "AlreadyExists", message, {"name": new, "kind": "namespaces"}))
+            else:
+                with cluster._lock:
+                    created = cluster.namespaces.setdefault(new, Namespace(new))
+                self._send_json(201, _namespace(created))
+        else:
+            self._send_json(405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
 
     def _decode_object(self, raw: bytes, kind: str) -> Any:
         """The JSON body, or the fields this stand-in needs of a protobuf one (kubectl sends those)."""

@@ -10,13 +10,23 @@ SubjectAccessReview are there from the start: ``system:discovery`` and
 paths (``/api/*``, ``/apis/*``, ``/healthz``, ...), ``system:basic-user`` lets it create
 self-reviews. The answers are kube-apiserver 1.37's: ``{"allowed": true, "reason": "RBAC:
 allowed by ..."}`` or ``{"allowed": false}`` with no reason.
+
+Rules come from `Rules.allow` (the test kit's shorthand: a role and its binding in one) or from
+the RBAC objects kubectl creates (`Rules.create`: ClusterRoles, ClusterRoleBindings, Roles,
+RoleBindings, as ``rbac.authorization.k8s.io/v1`` JSON), which grant what RBAC would: a binding
+gives its subjects the rules of the role it names, whenever that role exists. Two bootstrap
+ClusterRoles exist from the start for bindings to name: ``cluster-admin`` and
+``system:auth-delegator``. Not modelled: aggregated ClusterRoles and RBAC's escalation checks
+(whoever may create a binding may bind any role).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Mapping
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,6 +58,10 @@ class Rule:
     namespace: str | None = None
     names: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    role: str = ""
+    """The role's name when it is not the binding's (a binding of a role created on its own)."""
+    role_kind: str = ""
+    """``Role`` or ``ClusterRole`` when not implied by ``namespace`` (a RoleBinding of a ClusterRole)."""
 
     def binds(self, user: str, groups: Iterable[str]) -> bool:
         if self.kind == "Group":
@@ -82,9 +96,11 @@ class Rule:
             who = f'ServiceAccount "{name}/{namespace}"'
         else:
             who = f'{self.kind} "{self.subject}"'
+        role = self.role or self.binding
         if self.namespace is not None:
-            return f'RBAC: allowed by RoleBinding "{self.binding}/{self.namespace}" of Role "{self.binding}" to {who}'
-        return f'RBAC: allowed by ClusterRoleBinding "{self.binding}" of ClusterRole "{self.binding}" to {who}'
+            of = f'{self.role_kind or "Role"} "{role}"'
+            return f'RBAC: allowed by RoleBinding "{self.binding}/{self.namespace}" of {of} to {who}'
+        return f'RBAC: allowed by ClusterRoleBinding "{self.binding}" of ClusterRole "{role}" to {who}'
 
 
 def _verb(verbs: tuple[str, ...], attrs: Mapping[str, Any]) -> bool:
@@ -125,13 +141,112 @@ def bootstrap_rules() -> list[Rule]:
     ]
 
 
+GROUP = "rbac.authorization.k8s.io"
+KINDS = {
+    "clusterroles": "ClusterRole",
+    "clusterrolebindings": "ClusterRoleBinding",
+    "roles": "Role",
+    "rolebindings": "RoleBinding",
+}
+"""The RBAC resources `Rules.create` serves, and their kinds."""
+NAMESPACED = ("roles", "rolebindings")
+
+
+def bootstrap_roles() -> list[dict[str, Any]]:
+    """The bootstrap ClusterRoles a binding created through the API may name."""
+    return [
+        {
+            "kind": "ClusterRole",
+            "apiVersion": f"{GROUP}/v1",
+            "metadata": {"name": "cluster-admin"},
+            "rules": [
+                {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]},
+                {"verbs": ["*"], "nonResourceURLs": ["*"]},
+            ],
+        },
+        {
+            "kind": "ClusterRole",
+            "apiVersion": f"{GROUP}/v1",
+            "metadata": {"name": "system:auth-delegator"},
+            "rules": [
+                {"verbs": ["create"], "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"]},
+                {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"]},
+            ],
+        },
+    ]
+
+
 class Rules:
-    """The cluster's RBAC: `allow` adds a rule; `decide` answers a SubjectAccessReview spec."""
+    """The cluster's RBAC: `allow` adds a rule, `create` an RBAC object; `decide` answers a
+    SubjectAccessReview spec."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[Rule] = bootstrap_rules()
         self._ids = itertools.count(1)
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for role in bootstrap_roles():
+            self._objects[("clusterroles", "", role["metadata"]["name"])] = _stamped(role, None)
+
+    # -- the RBAC objects of the API ---------------------------------------------------------
+
+    def create(self, resource: str, namespace: str | None, obj: Any) -> tuple[int, dict[str, Any] | str]:
+        """Create an RBAC object as kube-apiserver would: ``(201, the object)``, ``(409, name)``
+        when it exists, or ``(422, message)`` when it is invalid."""
+        invalid = validate_object(resource, obj)
+        if invalid is not None:
+            return 422, invalid
+        name = obj["metadata"]["name"]
+        key = (resource, namespace or "", name)
+        with self._lock:
+            if key in self._objects:
+                return 409, name
+            stored = self._objects[key] = _stamped({**obj, "kind": KINDS[resource]}, namespace)
+        return 201, stored
+
+    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get((resource, namespace or "", name))
+
+    def list(self, resource: str, namespace: str | None) -> list[dict[str, Any]]:
+        """The objects of ``resource``, in ``namespace`` or in all of them (None)."""
+        with self._lock:
+            return [o for (r, ns, _), o in sorted(self._objects.items()) if r == resource and namespace in (None, ns)]
+
+    def delete(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """Delete the object: what its binding granted is revoked at once. The object, or None."""
+        with self._lock:
+            return self._objects.pop((resource, namespace or "", name), None)
+
+    def _bound(self) -> Iterator[Rule]:
+        """The rules the bindings give their subjects: cluster bindings first, as RBAC visits them."""
+        with self._lock:
+            objects = dict(self._objects)
+        for resource in ("clusterrolebindings", "rolebindings"):
+            for (r, ns, name), binding in sorted(objects.items()):
+                if r != resource:
+                    continue
+                ref = binding.get("roleRef") or {}
+                kind, role_name = ref.get("kind", ""), ref.get("name", "")
+                role = objects.get(
+                    ("clusterroles", "", role_name) if kind == "ClusterRole" else ("roles", ns, role_name)
+                )
+                for subject in binding.get("subjects") or ():
+                    who, who_kind = _subject(subject, ns)
+                    for rule in (role or {}).get("rules") or ():
+                        yield Rule(
+                            binding=name,
+                            subject=who,
+                            kind=who_kind,
+                            verbs=tuple(rule.get("verbs") or ()),
+                            resources=tuple(rule.get("resources") or ()),
+                            groups=tuple(rule.get("apiGroups") or ()),
+                            namespace=ns or None,
+                            names=tuple(rule.get("resourceNames") or ()),
+                            paths=tuple(rule.get("nonResourceURLs") or ()),
+                            role=role_name,
+                            role_kind=kind,
+                        )
 
     def allow(
         self,
@@ -171,10 +286,79 @@ class Rules:
         groups = [str(g) for g in spec.get("groups") or ()]
         with self._lock:
             rules = list(self._rules)
-        for rule in rules:
+        for rule in itertools.chain(rules, self._bound()):
             if rule.binds(user, groups) and rule.matches(spec):
                 return {"allowed": True, "reason": rule.reason}
         return {"allowed": False}
+
+
+def _subject(subject: Mapping[str, Any], namespace: str) -> tuple[str, SubjectKind]:
+    """The username or group a binding's subject names; a ServiceAccount without a namespace is
+    in the binding's own."""
+    kind = subject.get("kind")
+    if kind == "ServiceAccount":
+        return f"system:serviceaccount:{subject.get('namespace') or namespace}:{subject.get('name', '')}", kind
+    return str(subject.get("name", "")), "Group" if kind == "Group" else "User"
+
+
+def _stamped(obj: Mapping[str, Any], namespace: str | None) -> dict[str, Any]:
+    """The object as the API server stores it: apiVersion, uid, resourceVersion, creationTimestamp."""
+    metadata = {
+        **(obj.get("metadata") or {}),
+        "uid": str(uuid.uuid4()),
+        "resourceVersion": "1",
+        "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {**obj, "apiVersion": f"{GROUP}/v1", "metadata": metadata}
+
+
+def validate_object(resource: str, obj: Any) -> str | None:
+    """kube-apiserver's 422 message for an invalid RBAC object (the checks a hand-written grant
+    meets: a name, the binding's ``roleRef``, its subjects), or None."""
+    kind = KINDS[resource]
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str) or not name:
+        return f'{kind}.{GROUP} "" is invalid: metadata.name: Required value: name or generateName is required'
+    errors: list[str] = []
+    if resource in ("clusterrolebindings", "rolebindings"):
+        ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
+        kinds = ["Role", "ClusterRole"] if resource == "rolebindings" else ["ClusterRole"]
+        if ref.get("apiGroup", "") != GROUP:
+            errors.append(
+                f'roleRef.apiGroup: Unsupported value: "{ref.get("apiGroup", "")}": supported values: "{GROUP}"'
+            )
+        if ref.get("kind", "") not in kinds:
+            supported = ", ".join(f'"{k}"' for k in kinds)
+            errors.append(f'roleRef.kind: Unsupported value: "{ref.get("kind", "")}": supported values: {supported}')
+        if not ref.get("name"):
+            errors.append("roleRef.name: Required value")
+        for i, subject in enumerate(obj.get("subjects") or ()):
+            errors += _subject_errors(subject, f"subjects[{i}]", namespaced=resource == "rolebindings")
+    if not errors:
+        return None
+    listed = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+    return f'{kind}.{GROUP} "{name}" is invalid: {listed}'
+
+
+def _subject_errors(subject: Any, where: str, *, namespaced: bool) -> list[str]:
+    if not isinstance(subject, dict):
+        return [f"{where}: Invalid value: {subject!r}: must be an object"]
+    kind, group = subject.get("kind", ""), subject.get("apiGroup", "")
+    errors = [] if subject.get("name") else [f"{where}.name: Required value"]
+    if kind == "ServiceAccount":
+        if group:
+            errors.append(f'{where}.apiGroup: Unsupported value: "{group}": supported values: ""')
+        if not namespaced and not subject.get("namespace"):
+            errors.append(f"{where}.namespace: Required value")
+    elif kind in ("User", "Group"):
+        if group != GROUP:
+            errors.append(f'{where}.apiGroup: Unsupported value: "{group}": supported values: "{GROUP}"')
+    else:
+        errors.append(f'{where}.kind: Unsupported value: "{kind}": supported values: "ServiceAccount", "User", "Group"')
+    return errors
 
 
 def _tuple(value: str | Iterable[str]) -> tuple[str, ...]:
