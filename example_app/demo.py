@@ -1,9 +1,12 @@
 """``make demo``: the example app in TokenReview mode against the built-in cluster stand-in.
 
 Starts `flask_bindcar.testing.FakeCluster`, serves ``example_app`` under gunicorn on
-127.0.0.1:8080 with the seed's Staging profile, and prints the seed's "Testing" section as
-ready-to-paste ``curl`` commands with live tokens, each preceded by the outcome it gives; each
-command prints the response body, then ``HTTP <status>`` on a line of its own. Serves until Ctrl-C.
+127.0.0.1:8080 with the seed's Staging profile and ``ZONE_AUTHZ=rbac``, and prints the seed's
+"Testing" section as ready-to-paste ``curl`` commands, each preceded by the outcome it gives; each
+command prints the response body, then ``HTTP <status>`` on a line of its own. The live tokens are
+in files the demo writes (``<workdir>/tokens/``), which each command reads, so the lines stay
+short. The RBAC steps show a DELETE refused (403) until a ClusterRoleBinding is created in the
+stand-in, then allowed (200); the stand-in's kubeconfig is printed for kubectl. Serves until Ctrl-C.
 
 A second demo on a port that is taken, or on the work folder of a running demo, stops with a
 message and exit status 1 before it touches anything.
@@ -23,11 +26,18 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]
 
 from flask_bindcar.testing import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGING = {"BIND_TOKEN_AUDIENCES": "bindcar", "BIND_ALLOWED_NAMESPACES": "dns-system,test-system"}
+AUTHZ = {"ZONE_AUTHZ": "rbac", "BIND_AUTHZ_CACHE_DENIED_TTL": "0"}
+"""DELETE also asks Kubernetes RBAC; a refusal is not cached, so a grant counts at the next request."""
+RBAC_ZONES = ROOT / "example_app" / "deploy" / "rbac-zones.yaml"
+EXTERNAL_DNS = "system:serviceaccount:dns-system:external-dns"
 DEMO_TOKEN_LIFETIME = 12 * 3600
 CURL = "curl -s -w '\\nHTTP %{http_code}\\n'"
 """Prints the body, then the status on a line of its own (a 401 body has no newline of its own)."""
@@ -50,14 +60,17 @@ class Step:
         return f"{self.comment}\n{expected}\n{self.command}\n"
 
 
-def curl(url: str, path: str, token: str | None = None, *, method: str = "GET", data: str | None = None) -> str:
+def curl(url: str, path: str, token: Path | str | None = None, *, method: str = "GET", data: str | None = None) -> str:
+    """The command, reading a token from its file (a `Path`) or giving a literal one (a `str`)."""
     parts = [CURL]
     if method != "GET":
         parts.append(f"-X {method}")
-    if token is not None:
+    if isinstance(token, Path):
+        parts.append(f'-H "Authorization: Bearer $(cat {token})"')
+    elif token is not None:
         parts.append(f'-H "Authorization: Bearer {token}"')
     if data is not None:
-        parts.append(f"-H 'Content-Type: application/json' -d '{data}'")
+        parts.append(f"-H 'Content-Type: application/json' -d {data}")
     parts.append(url + path)
     return " ".join(parts)
 
@@ -66,13 +79,49 @@ def denied(reason: str) -> dict[str, object]:
     return {"error": f"Token validation failed: {reason}"}
 
 
-def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
-    """The seed's Testing section for this server, section by section."""
+def rbac_manifest() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ClusterRole and external-dns's ClusterRoleBinding of ``deploy/rbac-zones.yaml``."""
+    documents = list(yaml.safe_load_all(RBAC_ZONES.read_text()))
+    role = next(d for d in documents if d["kind"] == "ClusterRole")
+    grant = next(
+        d for d in documents if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    return role, grant
 
-    def token(namespace: str, name: str, audience: str | None = "bindcar") -> str:
-        audiences = [audience] if audience else None
-        return cluster.token(namespace, name, audiences=audiences, expires_in=DEMO_TOKEN_LIFETIME)
 
+def script(cluster: FakeCluster, url: str, workdir: Path) -> list[tuple[str, list[Step]]]:
+    """The seed's Testing section for this server, section by section. Tokens, the stand-in's
+    administrator credential and the grant's JSON are written under ``workdir`` for the commands."""
+    tokens = workdir / "tokens"
+    tokens.mkdir(exist_ok=True)
+
+    def token(
+        namespace: str,
+        name: str,
+        audience: str | None = "bindcar",
+        *,
+        file: str | None = None,
+        expires_in: float = DEMO_TOKEN_LIFETIME,
+    ) -> Path:
+        """The file holding a token of ``namespace/name`` (minted on first use), as the user's
+        ``TOKEN=$(kubectl create token ...)`` would hold it."""
+        path = tokens / (file or f"{namespace}.{name}")
+        if not path.exists():
+            audiences = [audience] if audience else None
+            path.write_text(cluster.token(namespace, name, audiences=audiences, expires_in=expires_in))
+            path.chmod(0o600)
+        return path
+
+    role, grant = rbac_manifest()
+    cluster.rbac.create("clusterroles", None, role)  # as `kubectl apply -f deploy/rbac-zones.yaml` would, binding aside
+    (workdir / "grant.json").write_text(json.dumps(grant))
+    admin = workdir / "cluster" / "admin-token"
+    admin.write_text(cluster.caller_token)
+    admin.chmod(0o600)
+    kubectl_grant = (
+        f"kubectl create clusterrolebinding {grant['metadata']['name']} --clusterrole={role['metadata']['name']} "
+        "--serviceaccount=dns-system:external-dns"
+    )
     zones = "/api/v1/zones"
     return [
         (
@@ -109,9 +158,7 @@ def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
                 Step(
                     "# Test with an expired token",
                     401,
-                    curl(
-                        url, zones, cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=-60)
-                    ),
+                    curl(url, zones, token("dns-system", "external-dns", file="expired", expires_in=-60)),
                     denied("[invalid bearer token, service account token has expired]"),
                 ),
             ],
@@ -122,7 +169,9 @@ def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
                 Step(
                     "# Create token without audience: TOKEN=$(kubectl create token my-app -n dns-system)",
                     401,
-                    curl(url, zones, token("dns-system", "my-app", audience=None)),
+                    curl(
+                        url, zones, token("dns-system", "my-app", audience=None, file="dns-system.my-app.no-audience")
+                    ),
                     denied(
                         '[invalid bearer token, token audiences ["https://kubernetes.default.svc.cluster.local"] '
                         'is invalid for the target audiences ["bindcar"]]'
@@ -165,11 +214,37 @@ def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
                     curl(url, zones + "/example.com", token("dns-system", "other-app"), method="DELETE"),
                     denied("ServiceAccount not authorized: system:serviceaccount:dns-system:other-app"),
                 ),
+            ],
+        ),
+        (
+            "Authorization by RBAC (ZONE_AUTHZ=rbac: DELETE also asks Kubernetes RBAC)",
+            [
                 Step(
-                    "# Allowed service account: TOKEN=$(kubectl create token external-dns -n dns-system "
-                    "--audience=bindcar)",
+                    "# Allowed service account, but no RBAC binding lets it delete zones yet: TOKEN=$(kubectl create "
+                    "token external-dns -n dns-system --audience=bindcar)",
+                    403,
+                    curl(url, zones + "/example.com", token("dns-system", "external-dns"), method="DELETE"),
+                    {"error": f'Forbidden: {EXTERNAL_DNS} cannot delete zones.bindcar.firestoned.io "example.com"'},
+                ),
+                Step(
+                    f"# Grant it (deploy/rbac-zones.yaml's binding; the ClusterRole exists already): {kubectl_grant}\n"
+                    "# Here the same ClusterRoleBinding, created in the stand-in with curl",
+                    201,
+                    " ".join(
+                        [
+                            CURL,
+                            f"--cacert {cluster.ca_path}",
+                            f'-H "Authorization: Bearer $(cat {admin})"',
+                            f"-H 'Content-Type: application/json' -d @{workdir / 'grant.json'}",
+                            cluster.url + "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                        ]
+                    ),
+                ),
+                Step(
+                    "# The same DELETE again",
                     200,
                     curl(url, zones + "/example.com", token("dns-system", "external-dns"), method="DELETE"),
+                    {"deleted": "example.com", "caller": {"username": EXTERNAL_DNS, "method": "tokenreview"}},
                 ),
             ],
         ),
@@ -184,7 +259,7 @@ def script(cluster: FakeCluster, url: str) -> list[tuple[str, list[Step]]]:
                         zones,
                         token("dns-system", "external-dns"),
                         method="POST",
-                        data='{"name": "example.org", "records": []}',
+                        data="""'{"name": "example.org", "records": []}'""",
                     ),
                 ),
                 Step("# Read it back", 200, curl(url, zones + "/example.org", token("test-system", "reader"))),
@@ -257,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     with FakeCluster(workdir=args.workdir / "cluster") as cluster:
         kubeconfig = cluster.write_kubeconfig(args.workdir / "cluster" / "kubeconfig")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BIND_", "BINDCAR_", "KUBE"))}
-        env.update(STAGING, BIND_AUTH_MODE="tokenreview", KUBECONFIG=str(kubeconfig), ZONE_DATA_DIR=str(zone_dir))
+        env.update(STAGING, **AUTHZ)
+        env.update(BIND_AUTH_MODE="tokenreview", KUBECONFIG=str(kubeconfig), ZONE_DATA_DIR=str(zone_dir))
         command = [
             sys.executable,
             "-m",
@@ -275,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"# flask-bindcar demo: example_app at {url}, TokenReview mode against a FakeCluster at {cluster.url}"
             )
+            steps_by_section = script(cluster, url, args.workdir)
             print("# Profile (the seed's Staging): " + " ".join(f"{k}={v}" for k, v in STAGING.items()))
-            print(f"# Server log: {args.workdir / 'gunicorn.log'} (removed on exit). Ctrl-C to stop.\n")
-            for title, steps in script(cluster, url):
+            print("# Authorization: " + " ".join(f"{k}={v}" for k, v in AUTHZ.items()))
+            print(f"# kubectl against the stand-in: export KUBECONFIG={kubeconfig}")
+            print(f"# Tokens: {args.workdir / 'tokens'} (each command reads its own)")
+            print(f"# Server log: {args.workdir / 'gunicorn.log'} (all removed on exit). Ctrl-C to stop.\n")
+            for title, steps in steps_by_section:
                 print(f"### {title}\n")
                 for step in steps:
                     print(step.render())

@@ -166,16 +166,63 @@ def test_a_second_demo_refuses_and_leaves_the_first_alone(demo: Demo, tmp_path: 
     assert run_printed(command)[0] == status  # the first demo still serves its tokens
 
 
+def printed(output: str, prefix: str) -> str:
+    """The rest of the header line that starts with ``prefix``."""
+    return next(line.removeprefix(prefix) for line in output.splitlines() if line.startswith(prefix))
+
+
 def test_demo_commands_give_their_printed_outcomes(demo: Demo) -> None:
     assert shutil.which("curl"), "the demo prints curl commands; curl must be installed to check them"
     steps = parse_demo(demo.output)
-    assert len(steps) == 15
-    assert all(command.startswith("curl -s ") and f"127.0.0.1:{demo.port}/" in command for _, _, command in steps)
+    assert len(steps) == 17
+    stand_in = re.search(r"against a FakeCluster at (https://127\.0\.0\.1:\d+)$", demo.output.splitlines()[0])
+    assert stand_in is not None
+    app = [c for _, _, c in steps if f"http://127.0.0.1:{demo.port}/" in c]
+    grant = [
+        c
+        for _, _, c in steps
+        if c.endswith(f"{stand_in.group(1)}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
+    ]
+    assert (len(app), len(grant)) == (16, 1)
+    assert all(command.startswith("curl -s ") for _, _, command in steps)
+    # Short lines: every token is read from a file the demo wrote, none is printed.
+    assert "eyJ" not in demo.output
+    # (a token is some 900 characters; the longest command, the grant, reads CA, credential and body from files)
+    assert max(len(command.replace(str(demo.workdir), "")) for _, _, command in steps) < 250
     for status, body, command in steps:
         code, text = run_printed(command)
         assert code == status, (command[:80], text)
         if body is not None:
             assert json.loads(text) == body
+
+
+def test_demo_rbac_pair_is_403_then_grant_then_200(demo: Demo) -> None:
+    """The RBAC steps, in their printed order: refused until the binding exists, then allowed."""
+    statuses = [status for status, _, command in parse_demo(demo.output) if "-X DELETE" in command or "@" in command]
+    assert statuses == [401, 403, 201, 200]  # the allowlist's 401, then RBAC's pair around the grant
+    assert (
+        "# Grant it (deploy/rbac-zones.yaml's binding; the ClusterRole exists already): kubectl create "
+        "clusterrolebinding bindcar-zones-external-dns --clusterrole=bindcar-zones-editor "
+        "--serviceaccount=dns-system:external-dns"
+    ) in demo.output.splitlines()
+
+
+def test_demo_prints_a_kubeconfig_that_reaches_the_stand_in(demo: Demo) -> None:
+    """kubectl (here the official client) pointed at the printed kubeconfig sees the demo's cluster."""
+    from kubernetes import client
+
+    from tests.conftest import api_client_for
+
+    kubeconfig = Path(printed(demo.output, "# kubectl against the stand-in: export KUBECONFIG="))
+    assert kubeconfig == demo.workdir / "cluster" / "kubeconfig"
+    api = api_client_for(kubeconfig, retries=False)
+    accounts = client.CoreV1Api(api).list_namespaced_service_account("dns-system").items
+    assert "external-dns" in [sa.metadata.name for sa in accounts]
+    roles = client.RbacAuthorizationV1Api(api).list_cluster_role().items
+    assert "bindcar-zones-editor" in [r.metadata.name for r in roles]
+    assert Path(printed(demo.output, "# Tokens: ").removesuffix(" (each command reads its own)")) == (
+        demo.workdir / "tokens"
+    )
 
 
 def test_metrics_endpoint_is_exempt_and_counts_decisions(client: FlaskClient) -> None:
