@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +17,12 @@ if TYPE_CHECKING:
     from flask_bindcar.testing import FakeCluster, RealCluster
 
 SKIP_REASON = "real kube-apiserver test: run with --cluster (make test-cluster builds the binaries with Go)"
+TESTING_EXTRA = (
+    "{fixture} needs flask-bindcar's testing extra, which is not installed (no module named {module!r}). "
+    "flask-bindcar is not on PyPI yet: from a checkout, pip install './flask-bindcar[testing]'; "
+    "from a wheel built there, pip install 'dist/flask_bindcar-<version>-py3-none-any.whl[testing]'"
+)
+"""The README's install advice, from a checkout or a wheel: a bare package name is not on PyPI."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,14 +48,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _testing(fixture: str) -> ModuleType:
+    """``flask_bindcar.testing``, or the fixture fails saying how to install the extra."""
+    try:
+        import flask_bindcar.testing
+    except ModuleNotFoundError as e:
+        missing = e.name
+    else:
+        return flask_bindcar.testing
+    # Outside the except block: the failure then carries no chained ImportError, and its message
+    # is the whole advice.
+    pytest.fail(TESTING_EXTRA.format(fixture=fixture, module=missing), pytrace=False)
+
+
 @pytest.fixture
 def fake_cluster() -> Iterator[FakeCluster]:
     """A running `flask_bindcar.testing.FakeCluster`, stopped after the test."""
-    try:
-        from flask_bindcar.testing import FakeCluster
-    except ImportError as e:  # pragma: no cover - depends on the user's environment
-        pytest.fail(f"fake_cluster needs the testing extra: pip install 'flask-bindcar[testing]' ({e})")
-    with FakeCluster() as cluster:
+    with _testing("fake_cluster").FakeCluster() as cluster:
         yield cluster
 
 
@@ -61,11 +77,7 @@ def fake_kubeconfig(fake_cluster: FakeCluster, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[RealCluster]:
     """A `flask_bindcar.testing.RealCluster` (etcd and kube-apiserver) shared by the whole session."""
-    try:
-        from flask_bindcar.testing.real import RealCluster
-    except ImportError as e:  # pragma: no cover - depends on the user's environment
-        pytest.fail(f"real_cluster needs the testing extra: pip install 'flask-bindcar[testing]' ({e})")
-    with RealCluster() as cluster:
+    with _testing("real_cluster").RealCluster() as cluster:
         yield cluster
 
 

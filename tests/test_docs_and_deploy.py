@@ -17,7 +17,6 @@ from flask_bindcar.config import SETTINGS
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MANIFESTS = sorted((ROOT / "example_app" / "deploy").glob("*.yaml"))
-SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$')
 
 READ_BY_LIBRARY = {s.env_key for s in SETTINGS if s.env_key}
 READ_BY_EXAMPLE_APP = {"ZONE_DATA_DIR", "ZONE_AUTHZ", "GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS"}
@@ -62,11 +61,6 @@ def blocks(language: str) -> list[tuple[Path, str]]:
     return found
 
 
-def expand(body: str) -> str:
-    match = SNIPPET.match(body.strip())
-    return (ROOT / match.group(1)).read_text() if match else body
-
-
 def test_every_seed_section_is_documented() -> None:
     headings = {h.strip().lower() for page in DOCS for h in re.findall(r"^#{1,4} (.+)$", page.read_text(), flags=re.M)}
     missing = [s for s in SEED_SECTIONS if not any(h.startswith(s.lower()) for h in headings)]
@@ -85,7 +79,7 @@ def test_python_in_the_docs_is_checked() -> None:
 @pytest.mark.parametrize("page_body", blocks("yaml"), ids=lambda pb: pb[0].name)
 def test_yaml_in_the_docs_parses_and_names_only_variables_we_read(page_body: tuple[Path, str]) -> None:
     page, body = page_body
-    documents = list(yaml.safe_load_all(expand(body)))
+    documents = list(yaml.safe_load_all(body))
     assert documents
     for name in env_names(documents):
         assert name in READ_BY_LIBRARY | READ_BY_EXAMPLE_APP, f"{page.name} sets {name}, which nothing reads"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from werkzeug.test import Client
 
 from example_app.app import create_app
-from flask_bindcar.testing import FakeCluster
+from flask_bindcar.testing import FakeCluster, RealCluster
 from tests.gunicorn_server import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +121,6 @@ def test_wsgi_snippet() -> None:
     assert client.get("/healthz").json == {"caller": None}
 
 
-# --8<-- [start:user-test]
 def test_only_external_dns_may_delete_zones(fake_cluster, fake_kubeconfig, monkeypatch, tmp_path):
     monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
     monkeypatch.setenv("KUBECONFIG", str(fake_kubeconfig))
@@ -135,4 +135,69 @@ def test_only_external_dns_may_delete_zones(fake_cluster, fake_kubeconfig, monke
     }
 
 
-# --8<-- [end:user-test]
+# -- authorization by RBAC: the YAML and the kubectl lines ------------------------------------------
+
+
+def rbac_example() -> tuple[str, str, list[str]]:
+    """The README's RBAC section, its YAML block and its shell lines."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Authorization by RBAC\n", 1)[1].split("\n## ", 1)[0]
+    [manifest] = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    [commands] = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return " ".join(section.split()), manifest, commands.splitlines()
+
+
+def test_readme_rbac_yaml_grants_what_the_decorator_asks() -> None:
+    prose, manifest, commands = rbac_example()
+    assert '`@auth_required(rbac=RBAC(resource="zones", group="bindcar.firestoned.io", name="{name}"))`' in prose
+    role, binding = yaml.safe_load_all(manifest)
+    assert role["kind"] == "ClusterRole"
+    assert role["rules"] == [{"apiGroups": ["bindcar.firestoned.io"], "resources": ["zones"], "verbs": ["delete"]}]
+    assert binding["kind"] == "ClusterRoleBinding"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "external-dns", "namespace": "dns-system"}]
+    assert "here `zones-rbac.yaml`:" in prose  # the file the first command applies
+    assert commands == [
+        "kubectl apply -f zones-rbac.yaml",
+        "kubectl auth can-i --list --as=system:serviceaccount:dns-system:external-dns | grep zones",
+    ]
+
+
+@pytest.mark.cluster
+def test_readme_rbac_commands_on_a_real_cluster(real_cluster: RealCluster, tmp_path: Path) -> None:
+    """The README's commands as written, and its two warnings, as kubectl and kube-apiserver 1.37 answer."""
+    from tests.test_docs_examples import REFUSED, kubectl_shell, wait_until_rbac_allows
+
+    prose, manifest, [apply, listing] = rbac_example()
+    (tmp_path / "zones-rbac.yaml").write_text(manifest)
+    sh = kubectl_shell(real_cluster, tmp_path)
+
+    one_liner = sh("kubectl create clusterrole zones --verb=delete --resource=zones.bindcar.firestoned.io")
+    assert (one_liner.returncode, one_liner.stderr) == (1, f"error: {REFUSED}\n")
+    assert '(`the server doesn\'t have a resource type "zones"`)' in prose
+    try:
+        applied = sh(apply)
+        assert (applied.returncode, applied.stdout) == (
+            0,
+            "clusterrole.rbac.authorization.k8s.io/zones-deleter created\n"
+            "clusterrolebinding.rbac.authorization.k8s.io/zones-deleter-external-dns created\n",
+        )
+        wait_until_rbac_allows(real_cluster)
+
+        listed = sh(listing)
+        assert listed.returncode == 0, listed.stderr
+        shown = re.search(r"The last line prints `([^`]+)`", prose)
+        assert shown is not None
+        assert [" ".join(line.split()) for line in listed.stdout.splitlines()] == [" ".join(shown.group(1).split())]
+
+        can_i = sh(
+            "kubectl auth can-i delete zones.bindcar.firestoned.io --as=system:serviceaccount:dns-system:external-dns"
+        )
+        assert (can_i.returncode, can_i.stdout) == (1, "no\n")  # even after the grant, as the README says
+        assert "zones.bindcar.firestoned.io --as=...` answers `no` even after the grant" in prose
+    finally:
+        sh("kubectl delete --ignore-not-found -f zones-rbac.yaml")
