@@ -1,7 +1,9 @@
-"""The validator chain, in one place: rate limit, header, Basic or TokenReview, allowlists.
+"""The admission chain, in one place: `Authenticator.admit`.
 
-The Flask extension and the WSGI middleware only hand a header in and take an `Identity` or an
-error out. Every decision is logged once on ``flask_bindcar.audit`` and counted in the metrics.
+Method and path, rate limit, header, Basic or TokenReview, the app's allowlists and pod binding,
+the view's policy, RBAC. The Flask extension and the WSGI middleware only hand a request in and
+take an `Identity` or a `BindcarError` out. Every decision is logged once on
+``flask_bindcar.audit`` and counted in the metrics.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,23 +19,29 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
+from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
 from flask_bindcar.cache import CacheResult, ReviewCache
-from flask_bindcar.config import AuthConfig
+from flask_bindcar.config import FAILURE_LIMIT_WARNING, AuthConfig
 from flask_bindcar.credentials import bearer_token, check_token_format
 from flask_bindcar.errors import (
     API_OVERLOADED,
     INVALID_API_TOKEN,
+    OVERLOADED,
     AccessDenied,
     AuthError,
     AuthzUnavailable,
+    BadRequestPath,
+    BindcarError,
+    MethodRefused,
     RateLimited,
 )
 from flask_bindcar.identity import Identity
 from flask_bindcar.kube import KubeTokenReviewer, ReviewOutcome
 from flask_bindcar.metrics import get_metrics
-from flask_bindcar.policy import authorize, identity_from_review
+from flask_bindcar.policy import APP_POLICY, ViewPolicy, authorize, identity_from_review
 from flask_bindcar.ratelimit import FailureLimiter
 from flask_bindcar.rbac import RBAC, Attributes
+from flask_bindcar.target import path_problem
 
 logger = logging.getLogger("flask_bindcar")
 audit_logger = logging.getLogger("flask_bindcar.audit")
@@ -90,7 +97,11 @@ class Authenticator:
         self._generic = config.error_detail == "generic"
         self.metrics = get_metrics()
         self._cache_labels = {r: ("hit" if r == "shared" else r,) for r in get_args(CacheResult)}
-        self._slots = threading.BoundedSemaphore(config.review_max_inflight)
+        self.bulkhead = Bulkhead(
+            config.review_max_inflight,
+            config.review_max_inflight_per_caller or default_share(config.review_max_inflight),
+            wait=min(DEFAULT_WAIT, config.review_timeout),
+        )
         if config.mode == "tokenreview":
             self.reviewer = KubeTokenReviewer(config)
             self.cache = ReviewCache(
@@ -101,13 +112,70 @@ class Authenticator:
                 wait_timeout=config.review_timeout,
             )
         self.authorizer = (
-            Authorizer(config, self.reviewer, self._slots, self.metrics) if self.reviewer is not None else None
+            Authorizer(config, self.reviewer, self.bulkhead, self.metrics) if self.reviewer is not None else None
         )
         logger.info("flask-bindcar configuration: %s", json.dumps(config.describe(), sort_keys=True))
         if config.mode == "basic" and self._secret_digest is None:
             logger.warning(BASIC_WARNING)
         elif config.mode == "tokenreview" and not config.has_allowlist:
             logger.warning(NO_ALLOWLIST_WARNING)
+        if config.failure_limit is not None:
+            logger.warning(FAILURE_LIMIT_WARNING.format(limit=config.failure_limit))
+
+    def admit(
+        self,
+        header: str | None,
+        *,
+        method: str,
+        path: str,
+        raw_path: str | None = None,
+        remote_addr: str | None = None,
+        view_args: Mapping[str, Any] | None = None,
+        policy: ViewPolicy = APP_POLICY,
+    ) -> Identity:
+        """The whole admission chain for one request; the caller, or the `BindcarError` to answer.
+
+        In this order: the method (405) and, under path authorization, the path (400); the
+        failure limit (429); the header; Basic or TokenReview; the app's allowlists and pod
+        binding; the view's own ``policy``; RBAC, the view's rules or the app's (403, 503).
+        ``path`` is ``PATH_INFO`` as the application receives it, ``raw_path`` the path as the
+        client wrote it (`flask_bindcar.target.raw_path`). ``view_args`` are the matched route's
+        (None when no route matched: rules that name view arguments then wait for the 404).
+        """
+        rules = policy.rbac or self.config.rbac
+        self.check_target(method, path, raw_path, rules, remote_addr)
+        identity = self.authenticate(header, remote_addr=remote_addr, method=method, path=path)
+        if policy.narrows:
+            self.authorize(
+                identity,
+                namespaces=policy.namespaces,
+                service_accounts=policy.service_accounts,
+                require_pod=policy.require_pod,
+                remote_addr=remote_addr,
+                method=method,
+                path=path,
+            )
+        if rules is not None and (view_args is not None or not rules.view_args):
+            self.check_access(
+                identity, rules, method=method, path=path or "/", view_args=view_args, remote_addr=remote_addr
+            )
+        return identity
+
+    def check_target(
+        self, method: str, path: str, raw_path: str | None, rules: RBAC | None, remote_addr: str | None = None
+    ) -> None:
+        """`MethodRefused` for a method outside ``BIND_ALLOWED_METHODS``; under path authorization,
+        `BadRequestPath` for a path it cannot judge safely (`flask_bindcar.target`)."""
+        try:
+            if method not in self.config.allowed_methods:
+                raise MethodRefused(method, self.config.allowed_methods)
+            if rules is not None and rules.path:
+                why = path_problem(path, raw_path)
+                if why is not None:
+                    raise BadRequestPath(why)
+        except BindcarError as e:
+            self._denied(e, remote_addr, method, path)
+            raise
 
     def authenticate(
         self,
@@ -260,9 +328,9 @@ class Authenticator:
         """One TokenReview call for a well-formed token, if a slot is free (the bulkhead)."""
         assert self.reviewer is not None
         check_token_format(token)
-        if not self._slots.acquire(blocking=False):
+        if not self.bulkhead.acquire(None):
             raise AuthError.api_call_failed(
-                f"{self.config.review_max_inflight} TokenReviews already in flight", reason=API_OVERLOADED
+                OVERLOADED.format(slots=self.config.review_max_inflight), reason=API_OVERLOADED
             )
         metrics = self.metrics
         started = time.perf_counter()
@@ -271,14 +339,14 @@ class Authenticator:
         try:
             return self.reviewer.review(token, audiences)
         finally:
-            self._slots.release()
+            self.bulkhead.release(None)
             if metrics is not None:
                 metrics.inflight.dec()
                 metrics.review_duration.observe(time.perf_counter() - started)
 
     def _denied(
         self,
-        error: AuthError | RateLimited,
+        error: BindcarError,
         remote_addr: str | None,
         method: str | None,
         path: str | None,
@@ -310,7 +378,7 @@ class Authenticator:
         method: str | None,
         path: str | None,
         *,
-        error: AuthError | RateLimited | AccessDenied | AuthzUnavailable | None = None,
+        error: BindcarError | None = None,
         identity: Identity | None = None,
         cache: CacheResult | None = None,
         latency: float | None = None,

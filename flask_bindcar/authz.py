@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from flask_bindcar.bulkhead import Bulkhead
 from flask_bindcar.cache import FOLLOWER_GRACE, CacheResult
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.errors import (
@@ -28,6 +29,8 @@ from flask_bindcar.errors import (
     API_OVERLOADED,
     API_UNREACHABLE,
     FORBIDDEN,
+    OVERLOADED,
+    OVERLOADED_CALLER,
     AccessDenied,
     AuthError,
     AuthzUnavailable,
@@ -164,20 +167,20 @@ class DecisionCache:
 class Authorizer:
     """Asks whether an authenticated caller may do what a request needs; raises when not.
 
-    ``slots`` is the bulkhead shared with TokenReview: one bound on the calls this process has
-    waiting on the API server.
+    ``bulkhead`` is the one shared with TokenReview: one bound on the calls this process has
+    waiting on the API server, of which one caller holds at most its share.
     """
 
     def __init__(
         self,
         config: AuthConfig,
         reviewer: KubeTokenReviewer,
-        slots: threading.BoundedSemaphore,
+        bulkhead: Bulkhead,
         metrics: Metrics | None,
     ):
         self.config = config
         self.reviewer = reviewer
-        self.slots = slots
+        self.bulkhead = bulkhead
         self.metrics = metrics
         self.cache = DecisionCache(
             allowed_ttl=config.authz_cache_allowed_ttl,
@@ -210,8 +213,15 @@ class Authorizer:
 
     def _review(self, identity: Identity, attributes: Attributes) -> Decision:
         """One SubjectAccessReview, if a slot of the bulkhead is free."""
-        if not self.slots.acquire(blocking=False):
-            raise _unavailable(f"{self.config.review_max_inflight} reviews already in flight", API_OVERLOADED)
+        caller = identity.username
+        if not self.bulkhead.acquire(caller):
+            held = self.bulkhead.held(caller)
+            why = (
+                OVERLOADED_CALLER.format(held=held)
+                if held >= self.bulkhead.per_key
+                else OVERLOADED.format(slots=self.config.review_max_inflight)
+            )
+            raise _unavailable(why, API_OVERLOADED)
         started = time.perf_counter()
         try:
             body = {
@@ -225,7 +235,7 @@ class Authorizer:
                 raise _unavailable(e.message.removeprefix("Token validation failed: "), e.reason) from None
             return parse_access_review(data)
         finally:
-            self.slots.release()
+            self.bulkhead.release(caller)
             if self.metrics is not None:
                 self.metrics.access_review_duration.observe(time.perf_counter() - started)
 

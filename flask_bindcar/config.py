@@ -25,6 +25,7 @@ logger = logging.getLogger("flask_bindcar")
 
 Mode = Literal["basic", "tokenreview"]
 ErrorDetail = Literal["full", "generic"]
+CorsPreflight = Literal["authenticate", "answer"]
 Source = Literal["keyword", "app.config", "environment", "default"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -41,6 +42,16 @@ already gets the worker killed, and past a minute a caller has long given up."""
 MAX_TTL = 3600.0
 """Seconds, for every cache lifetime: a revoked token or a deleted ServiceAccount is accepted at most
 this long after the fact (a projected token lives an hour by default)."""
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""The methods a request may use unless ``BIND_ALLOWED_METHODS`` says otherwise: those with an RBAC verb
+(`flask_bindcar.rbac.RESOURCE_VERBS`), and ``OPTIONS``. Any other is refused with 405 before any review,
+so that a made-up method cannot choose its own verb."""
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FAILURE_LIMIT_WARNING = (
+    "BIND_AUTH_FAILURE_LIMIT={limit} counts failures per client address (REMOTE_ADDR): behind a proxy, "
+    "a sidecar or an ingress every caller shares one address, and one client's bad tokens get every caller "
+    "a 429. Turn it on only where REMOTE_ADDR is the caller's own address."
+)
 DEFAULT_MAX_INFLIGHT = 4
 """TokenReviews in flight per process. Below the thread count of any threaded server worth the name
 (the example runs 8), so a hanging API server never takes every thread: cache hits and health probes
@@ -168,6 +179,21 @@ def _error_detail(name: str, raw: Any) -> ErrorDetail:
     raise _bad(name, raw, "'full' or 'generic'")
 
 
+def _cors_preflight(name: str, raw: Any) -> CorsPreflight:
+    value = str(raw).strip().lower()
+    if value == "authenticate":
+        return "authenticate"
+    if value == "answer":
+        return "answer"
+    raise _bad(name, raw, "'authenticate' or 'answer'")
+
+
+def _methods(name: str, raw: Any) -> tuple[str, ...]:
+    """HTTP methods (RFC 9110 tokens), upper-cased: ``get`` in a setting means ``GET``."""
+    items = _parse_list(name, raw, what="HTTP methods such as GET", valid=lambda m: bool(_HTTP_TOKEN.fullmatch(m)))
+    return tuple(dict.fromkeys(m.upper() for m in items))
+
+
 def _https_url(name: str, value: str) -> None:
     """`ConfigError` unless ``value`` is an ``https://`` URL with a host: tokens never travel in clear."""
     try:
@@ -272,6 +298,13 @@ SETTINGS: tuple[Setting, ...] = (
         DEFAULT_MAX_INFLIGHT,
         _size,
     ),
+    Setting(
+        "review_max_inflight_per_caller",
+        "BINDCAR_TOKEN_REVIEW_MAX_INFLIGHT_PER_CALLER",
+        "BIND_TOKEN_REVIEW_MAX_INFLIGHT_PER_CALLER",
+        None,
+        _size,
+    ),
     Setting("failure_limit", "BINDCAR_AUTH_FAILURE_LIMIT", "BIND_AUTH_FAILURE_LIMIT", None, parse_limit),
     Setting("error_detail", "BINDCAR_AUTH_ERROR_DETAIL", "BIND_AUTH_ERROR_DETAIL", "full", _error_detail),
     Setting("rbac", "BINDCAR_AUTHZ", "BIND_AUTHZ", None, _authz),
@@ -286,6 +319,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("require_pod", "BINDCAR_REQUIRE_POD_BOUND_TOKEN", "BIND_REQUIRE_POD_BOUND_TOKEN", False, _flag),
     Setting("protect_all", "BINDCAR_PROTECT_ALL", None, True, _flag),
     Setting("exempt_paths", "BINDCAR_EXEMPT_PATHS", "BIND_AUTH_EXEMPT_PATHS", frozenset(), _paths),
+    Setting("cors_preflight", "BINDCAR_CORS_PREFLIGHT", "BIND_CORS_PREFLIGHT", None, _cors_preflight),
+    Setting("allowed_methods", "BINDCAR_ALLOWED_METHODS", "BIND_ALLOWED_METHODS", KNOWN_METHODS, _methods),
 )
 
 
@@ -322,6 +357,8 @@ class AuthConfig:
     cache_stale_ttl: float = 0.0
     review_timeout: float = 5.0
     review_max_inflight: int = DEFAULT_MAX_INFLIGHT
+    review_max_inflight_per_caller: int | None = None
+    """SubjectAccessReviews one caller may have in flight; None: half of `review_max_inflight`."""
     failure_limit: Limit | None = None
     error_detail: ErrorDetail = "full"
     rbac: RBAC | None = None
@@ -338,6 +375,11 @@ class AuthConfig:
     """Accept only tokens bound to a pod (``user.extra`` names one), app-wide."""
     protect_all: bool = True
     exempt_paths: frozenset[str] = frozenset()
+    cors_preflight: CorsPreflight | None = None
+    """How a CORS preflight without credentials is met; None: each adapter's default (Flask answers
+    it with its own ``OPTIONS`` response, the middleware authenticates it)."""
+    allowed_methods: tuple[str, ...] = KNOWN_METHODS
+    """Methods a request may use; any other is 405 before any review."""
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
     """For each setting: where its value came from, and the name it was given there."""
 
@@ -388,6 +430,13 @@ class AuthConfig:
                 f"{self.sources['require_pod'][1]}=true needs {self.sources['mode'][1]}=tokenreview: in Basic mode "
                 "nothing says which pod a token is bound to, so every request would be refused"
             )
+        share = self.review_max_inflight_per_caller
+        if share is not None and share > self.review_max_inflight:
+            raise ConfigError(
+                f"{self.sources['review_max_inflight_per_caller'][1]}={share} is more than "
+                f"{self.sources['review_max_inflight'][1]}={self.review_max_inflight}: one caller's share of the "
+                "review slots cannot be more than all of them"
+            )
         if self.mode != "tokenreview":
             return
         # Only whether it is installed: importing it here would import urllib3 and ssl in a gunicorn
@@ -435,6 +484,8 @@ class AuthConfig:
                 for audience in self.audiences
                 if looks_like_api_server_audience(audience)
             ]
+        if self.failure_limit is not None:
+            warnings.append(FAILURE_LIMIT_WARNING.format(limit=self.failure_limit))
         if self.mode == "tokenreview" and self.audiences == ("bindcar",) and self.sources["audiences"][0] == "default":
             warnings.append(
                 "BIND_TOKEN_AUDIENCES is the default 'bindcar': tokens made for any service that also uses the "

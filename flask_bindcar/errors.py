@@ -1,17 +1,30 @@
 """Errors, and the seed's messages in one place.
 
-Every authentication failure is an `AuthError`: HTTP 401, a JSON body ``{"error": "<message>"}``
-and a ``WWW-Authenticate`` header as RFC 6750 section 3 asks. It subclasses werkzeug's
-`~werkzeug.exceptions.Unauthorized`, so Flask renders it, ``@app.errorhandler(401)`` overrides
-it, and, being itself a WSGI application, the middleware answers with it directly.
+Every answer flask-bindcar gives instead of the application's is a `BindcarError`: a werkzeug
+`~werkzeug.exceptions.HTTPException` with a JSON body ``{"error": "<message>"}`` and a short
+``reason`` label for logs and metrics. Flask renders it, ``@app.errorhandler(BindcarError)`` (or
+``401``, ``403``...) overrides it, and, being itself a WSGI application, the middleware answers
+with it directly. Each subclass is also its werkzeug class (`AuthError` an
+`~werkzeug.exceptions.Unauthorized`, `RateLimited` a ``TooManyRequests``...), which writes the
+headers it already knows (``Retry-After``, ``Allow``); ``WWW-Authenticate`` we write ourselves,
+quoted as RFC 6750 shows it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from werkzeug.exceptions import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -40,6 +53,13 @@ FORBIDDEN = "Forbidden: {username} cannot {verb} {what}"
 GENERIC_FORBIDDEN = "Forbidden"
 AUTHZ_UNAVAILABLE = "Authorization unavailable: SubjectAccessReview API call failed: {why}"
 GENERIC_AUTHZ_UNAVAILABLE = "Authorization unavailable"
+BAD_PATH = "Invalid request path: {why}"
+BAD_PATH_DOT = "dot segments are not allowed"
+BAD_PATH_EMPTY = "empty segments are not allowed"
+BAD_PATH_ENCODED = "encoded slashes and backslashes are not allowed"
+BAD_PATH_BACKSLASH = "backslashes are not allowed"
+BAD_PATH_DOUBLE = "percent-encoded characters are not allowed after decoding"
+METHOD_NOT_ALLOWED = "Method not allowed: {method}"
 AUTHZ_RETRY_AFTER = 1
 """Seconds a client is told to wait after a 503: an outage of the authorizer says nothing of the caller."""
 
@@ -52,6 +72,10 @@ API_REJECTED = "api_rejected"
 API_BAD_RESPONSE = "api_bad_response"
 API_OVERLOADED = "api_overloaded"
 TRANSIENT_REASONS = frozenset({API_UNREACHABLE, API_SERVER_ERROR})
+OVERLOADED = "overloaded: every review slot is busy ({slots} in flight)"
+"""Why a review was not sent: this service's bulkhead was full. Says nothing of the caller's token."""
+OVERLOADED_CALLER = "overloaded: this caller's share of the review slots is in use ({held} in flight)"
+"""Why a SubjectAccessReview was not sent: the caller holds its whole share of the slots."""
 
 # Failures caused by the client's own credential: the only ones BIND_AUTH_FAILURE_LIMIT counts.
 # Anything else (the API server down, slow or answering nonsense, the bulkhead full, the client
@@ -78,13 +102,18 @@ class ConfigError(ValueError):
     """A configuration value that cannot work, raised at startup; the message names the variable."""
 
 
-class _JsonError:
-    """Answers an HTTP error as ``{"error": message}``, with the headers of its kind (`own_headers`)."""
+class BindcarError(HTTPException):
+    """The base of every answer flask-bindcar gives instead of the application's.
+
+    ``message`` is the body's ``error``, ``reason`` a short, stable label for logs and metrics.
+    Catch it with ``@app.errorhandler(BindcarError)`` to render all of them your own way.
+    """
 
     message: str
+    reason: str
 
     def own_headers(self) -> list[tuple[str, str]]:
-        """The headers of this kind of answer besides ``Content-Type``; each class gives its own."""
+        """Headers of this kind of answer that werkzeug does not write itself."""
         return []
 
     def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
@@ -93,10 +122,11 @@ class _JsonError:
     def get_headers(
         self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
     ) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), *self.own_headers()]
+        werkzeugs = [h for h in super().get_headers(environ, scope) if h[0] != "Content-Type"]
+        return [("Content-Type", "application/json"), *werkzeugs, *self.own_headers()]
 
 
-class AuthError(_JsonError, Unauthorized):
+class AuthError(BindcarError, Unauthorized):
     """A request that failed authentication: 401 with the seed's message as a JSON body.
 
     ``challenge`` selects the RFC 6750 ``error`` attribute of ``WWW-Authenticate``: ``none`` when
@@ -154,20 +184,16 @@ class AuthError(_JsonError, Unauthorized):
         return [("WWW-Authenticate", self.www_authenticate_value)]
 
 
-class RateLimited(_JsonError, TooManyRequests):
+class RateLimited(BindcarError, TooManyRequests):
     """429 for a client past ``BIND_AUTH_FAILURE_LIMIT``, with ``Retry-After`` and a JSON body."""
 
     def __init__(self, retry_after: int):
         super().__init__(description=TOO_MANY_FAILURES, retry_after=retry_after)
         self.message = TOO_MANY_FAILURES
         self.reason = "rate_limited"
-        self.seconds = retry_after
-
-    def own_headers(self) -> list[tuple[str, str]]:
-        return [("Retry-After", str(self.seconds))]
 
 
-class AccessDenied(_JsonError, Forbidden):
+class AccessDenied(BindcarError, Forbidden):
     """403 for an authenticated caller that RBAC does not allow: ``Forbidden: <user> cannot <verb> <what>``.
 
     The SubjectAccessReview's ``status.reason`` is kept in `review_reason` for the log and the
@@ -194,7 +220,7 @@ class AccessDenied(_JsonError, Forbidden):
         return [("WWW-Authenticate", f'Bearer realm="{REALM}", error="insufficient_scope"')]
 
 
-class AuthzUnavailable(_JsonError, ServiceUnavailable):
+class AuthzUnavailable(BindcarError, ServiceUnavailable):
     """503 when no SubjectAccessReview answer can be had: not a verdict on the caller, so ``Retry-After``."""
 
     cache: str | None = None
@@ -213,9 +239,29 @@ class AuthzUnavailable(_JsonError, ServiceUnavailable):
         error.message = GENERIC_AUTHZ_UNAVAILABLE
         return error
 
-    def own_headers(self) -> list[tuple[str, str]]:
-        return [("Retry-After", str(AUTHZ_RETRY_AFTER))]
+
+class BadRequestPath(BindcarError, BadRequest):
+    """400 for a path that path authorization cannot judge safely: one a normaliser would rewrite.
+
+    Under ``RBAC(path=True)`` the path asked about must be exactly the path the application
+    serves; dot segments, empty segments and encoded slashes would let the two differ.
+    """
+
+    def __init__(self, why: str):
+        message = BAD_PATH.format(why=why)
+        super().__init__(description=message)
+        self.message = message
+        self.reason = "bad_path"
 
 
-BindcarError = (AuthError, RateLimited, AccessDenied, AuthzUnavailable)
-"""What the adapters answer a request with instead of passing it on."""
+class MethodRefused(BindcarError, MethodNotAllowed):
+    """405 for a method outside ``BIND_ALLOWED_METHODS``, with ``Allow`` naming the ones that are in it.
+
+    Refused before any review: an unknown method would otherwise choose its own RBAC verb.
+    """
+
+    def __init__(self, method: str, allowed: Sequence[str]):
+        message = METHOD_NOT_ALLOWED.format(method=method)
+        super().__init__(valid_methods=list(allowed), description=message)
+        self.message = message
+        self.reason = "method_not_allowed"

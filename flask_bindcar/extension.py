@@ -18,18 +18,21 @@ from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.doctor import Route
-from flask_bindcar.identity import ENVIRON_KEY, Identity, put_in_environ
+from flask_bindcar.errors import BindcarError, ConfigError
+from flask_bindcar.identity import ENVIRON_KEY, Identity, clear_remote_user, put_in_environ
+from flask_bindcar.policy import APP_POLICY, ViewPolicy
 from flask_bindcar.rbac import RBAC
+from flask_bindcar.target import raw_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXEMPT_ATTR = "_bindcar_exempt"
 POLICY_ATTR = "_bindcar_policy"
-"""Set on `auth_required` views: their own (namespaces, service_accounts), for ``flask bindcar review``."""
-REQUIRED_ATTR = "_bindcar_required"
-"""Set on `auth_required` views: they make their own RBAC check, so the hook leaves it to them."""
-RBAC_ATTR = "_bindcar_rbac"
-"""Set on `auth_required` views: their own ``rbac``, or None, for ``flask bindcar review``."""
+"""Set on `auth_required` views: their `ViewPolicy`, which the guard, the view and ``review`` read."""
+UNWRAPPED_ATTR = "_bindcar_unwrapped"
+"""Set on a function `auth_required` wrapped: registered as a view itself, it would run unprotected."""
+ADMITTED_KEY = "bindcar.admitted_by"
+"""The environ key naming the `Authenticator` that admitted the request: a view reuses only its own."""
 
 
 def _get_identity() -> Identity | None:
@@ -67,8 +70,7 @@ class BindcarAuth:
         self._authenticators[app] = auth
         app.extensions["bindcar"] = self
         app.cli.add_command(cli)
-        if auth.config.protect_all:
-            app.before_request(_Guard(app, auth))
+        app.before_request(_Guard(app, auth))
 
     def authenticator(self, app: Flask | None = None) -> Authenticator:
         """The `Authenticator` serving ``app`` (default: the current app)."""
@@ -84,62 +86,109 @@ class BindcarAuth:
 
 
 class _Guard:
-    """One app's ``before_request`` hook: authenticate unless the request is exempt.
+    """One app's ``before_request`` hook: admit the request unless it is exempt.
 
     Bound to its app and `Authenticator`, so the hot path does no lookups through proxies or
-    registries; whether an endpoint is exempt is read from its view once.
+    registries; a view's exemption and policy are read from it once. On the first request (and
+    whenever views were added since) it checks the views against the configuration
+    (`_check_views`): a mistake there is a `ConfigError`, never a silently unprotected view.
     """
 
     def __init__(self, app: Flask, auth: Authenticator):
         self.app = app
         self.auth = auth
+        self.protect_all = auth.config.protect_all
         self.exempt_paths = auth.config.exempt_paths
-        self._exempt_endpoints: dict[str, bool] = {}
-        self._own_rbac: dict[str | None, bool] = {}
+        self.answer_preflights = auth.config.cors_preflight != "authenticate"
+        self._views: dict[str | None, tuple[bool, ViewPolicy | None]] = {}
+        self._checked = -1
 
     def __call__(self) -> Response | None:
+        if self._checked != len(self.app.view_functions):
+            _check_views(self.app, self.auth.config)
+            self._checked = len(self.app.view_functions)
         req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        if not self.protect_all:
+            clear_remote_user(environ)
+            return None
         if req.path in self.exempt_paths:
+            clear_remote_user(environ)
             return None
         endpoint = req.endpoint
-        if endpoint is not None:
-            exempt = self._exempt_endpoints.get(endpoint)
-            if exempt is None:
-                view = self.app.view_functions.get(endpoint)
-                exempt = self._exempt_endpoints[endpoint] = bool(getattr(view, EXEMPT_ATTR, False))
-            if exempt:
-                return None
-            if is_cors_preflight(req.environ):
-                return self.app.make_default_options_response()
-        identity = _authenticate(self.auth, req)
-        rbac = self.auth.config.rbac
-        if rbac is not None:
-            own = self._own_rbac.get(endpoint)
-            if own is None:
-                view = self.app.view_functions.get(endpoint) if endpoint is not None else None
-                own = self._own_rbac[endpoint] = bool(getattr(view, REQUIRED_ATTR, False))
-            if not own:
-                _check_rbac(self.auth, identity, rbac, req)
+        found = self._views.get(endpoint)
+        if found is None:
+            view = self.app.view_functions.get(endpoint) if endpoint is not None else None
+            found = self._views[endpoint] = (bool(getattr(view, EXEMPT_ATTR, False)), getattr(view, POLICY_ATTR, None))
+        exempt, policy = found
+        if exempt:
+            clear_remote_user(environ)
+            return None
+        if (
+            endpoint is not None
+            and self.answer_preflights
+            and "HTTP_AUTHORIZATION" not in environ
+            and is_cors_preflight(environ)
+        ):
+            clear_remote_user(environ)
+            return self.app.make_default_options_response()
+        _admit(self.auth, req, policy or APP_POLICY)
         return None
 
 
-def _request_info(req: Request) -> dict[str, Any]:
-    return {"remote_addr": req.remote_addr, "method": req.method, "path": req.path}
-
-
-def _authenticate(auth: Authenticator, req: Request) -> Identity:
-    """Authenticate the request and keep the caller for `current_identity`."""
-    identity = auth.authenticate(
-        req.environ.get("HTTP_AUTHORIZATION"), remote_addr=req.remote_addr, method=req.method, path=req.path
-    )
-    put_in_environ(req.environ, identity)
+def _admit(auth: Authenticator, req: Request, policy: ViewPolicy) -> Identity:
+    """Run the admission chain for ``req`` and keep the caller for `current_identity`."""
+    environ = req.environ
+    try:
+        identity = auth.admit(
+            environ.get("HTTP_AUTHORIZATION"),
+            method=req.method,
+            path=environ.get("PATH_INFO", ""),
+            raw_path=raw_path(environ),
+            remote_addr=req.remote_addr,
+            view_args=req.view_args,
+            policy=policy,
+        )
+    except BindcarError:
+        clear_remote_user(environ)
+        raise
+    put_in_environ(environ, identity)
+    environ[ADMITTED_KEY] = auth
     return identity
 
 
-def _check_rbac(auth: Authenticator, identity: Identity, rbac: RBAC, req: Request) -> None:
-    auth.check_access(
-        identity, rbac, method=req.method, path=req.path, view_args=req.view_args, remote_addr=req.remote_addr
-    )
+def _check_views(app: Flask, config: AuthConfig) -> None:
+    """`ConfigError` for views the configuration cannot protect as written.
+
+    * ``@auth_required`` above ``@app.route``: the route registered the function it wrapped, so
+      its policy would never run;
+    * an app-wide RBAC rule naming view arguments (``name="{name}"``) on a protected route that
+      does not have them: every request to it would be a 503.
+    """
+    misordered = sorted(e for e, v in app.view_functions.items() if getattr(v, UNWRAPPED_ATTR, False))
+    if misordered:
+        raise ConfigError(
+            f"@auth_required is written above @app.route for {', '.join(misordered)}: the route registered the "
+            "unprotected function. Put @app.route(...) first (outermost), @auth_required(...) below it"
+        )
+    rules = config.rbac
+    if rules is None or not rules.view_args:
+        return
+    lacking = []
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        policy: ViewPolicy | None = getattr(view, POLICY_ATTR, None)
+        protected = (config.protect_all or policy is not None) and not getattr(view, EXEMPT_ATTR, False)
+        if protected and (policy is None or policy.rbac is None) and rule.rule not in config.exempt_paths:
+            missing = [a for a in rules.view_args if a not in rule.arguments]
+            if missing:
+                lacking.append(f"{rule.rule} (no {', '.join(missing)})")
+    if lacking:
+        raise ConfigError(
+            f"{config.sources['rbac'][1]}: RBAC{rules.summary()!r} names view arguments that these routes lack: "
+            f"{'; '.join(sorted(lacking))}. Give them their own @auth_required(rbac=...), exempt them, or use "
+            "rules without view arguments app-wide"
+        )
 
 
 def _extension() -> BindcarAuth:
@@ -191,30 +240,25 @@ def auth_required(
         return functools.partial(
             auth_required, namespaces=allowed_ns, service_accounts=allowed_sa, rbac=rbac, require_pod=require_pod
         )
+    policy = ViewPolicy(namespaces=allowed_ns, service_accounts=allowed_sa, require_pod=require_pod, rbac=rbac)
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         req = request._get_current_object()  # type: ignore[attr-defined]
-        if is_cors_preflight(req.environ):  # the view runs only for an authenticated caller
-            return current_app.make_default_options_response()
         auth = _extension().authenticator()
-        identity = req.environ.get(ENVIRON_KEY) or _authenticate(auth, req)
-        if allowed_ns is not None or allowed_sa is not None or require_pod:
-            auth.authorize(
-                identity,
-                namespaces=allowed_ns,
-                service_accounts=allowed_sa,
-                require_pod=require_pod,
-                **_request_info(req),
-            )
-        rules = rbac if rbac is not None else auth.config.rbac
-        if rules is not None:
-            _check_rbac(auth, identity, rules, req)
+        environ = req.environ
+        if environ.get(ADMITTED_KEY) is not auth:  # the guard is off, or another layer's identity
+            if (
+                auth.config.cors_preflight != "authenticate"
+                and "HTTP_AUTHORIZATION" not in environ
+                and is_cors_preflight(environ)
+            ):  # the view runs only for an admitted caller
+                return current_app.make_default_options_response()
+            _admit(auth, req, policy)
         return current_app.ensure_sync(view)(*args, **kwargs)
 
-    setattr(wrapper, POLICY_ATTR, (allowed_ns, allowed_sa, require_pod))
-    setattr(wrapper, REQUIRED_ATTR, True)
-    setattr(wrapper, RBAC_ATTR, rbac)
+    setattr(wrapper, POLICY_ATTR, policy)
+    setattr(view, UNWRAPPED_ATTR, True)
     return wrapper
 
 
@@ -236,7 +280,11 @@ def doctor_command(as_json: bool) -> None:
     from flask_bindcar.__main__ import run_doctor
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    views_rbac = any(getattr(view, RBAC_ATTR, None) is not None for view in app.view_functions.values())
+    try:
+        _check_views(app, _extension().config())
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    views_rbac = any(getattr(view, POLICY_ATTR, APP_POLICY).rbac is not None for view in app.view_functions.values())
     raise SystemExit(run_doctor(_extension().config(), as_json, authorization=views_rbac))
 
 
@@ -266,10 +314,18 @@ def _route(method: str, path: str) -> Route:
         raise click.ClickException(f"no view answers {method} {path} ({e.code} {e.name})") from None
     view = app.view_functions[rule.endpoint]
     config = _extension().config()
-    policy = getattr(view, POLICY_ATTR, None)
+    policy: ViewPolicy | None = getattr(view, POLICY_ATTR, None)
     exempt = path in config.exempt_paths or getattr(view, EXEMPT_ATTR, False) or (not config.protect_all and not policy)
-    namespaces, service_accounts, require_pod = policy or (None, None, False)
-    rbac = getattr(view, RBAC_ATTR, None) or config.rbac
+    own = policy or APP_POLICY
+    rbac = own.rbac or config.rbac
     return Route(
-        method, path, rule.endpoint, exempt, namespaces, service_accounts, rbac, view_args, require_pod=require_pod
+        method,
+        path,
+        rule.endpoint,
+        exempt,
+        own.namespaces,
+        own.service_accounts,
+        rbac,
+        view_args,
+        require_pod=own.require_pod,
     )

@@ -83,9 +83,17 @@ def put_in_environ(environ: MutableMapping[str, Any], identity: Identity) -> Non
     """Leave ``identity`` with its request: at `ENVIRON_KEY`, and its username at ``REMOTE_USER``.
 
     ``REMOTE_USER`` is where WSGI servers, loggers and frameworks look for the authenticated user
-    (Werkzeug's ``request.remote_user``, gunicorn's ``%({remote_user}e)s``); it is left alone when
-    the identity has no username (Basic mode).
+    (Werkzeug's ``request.remote_user``, gunicorn's ``%({remote_user}e)s``); it is removed when
+    the identity has no username (Basic mode), so no value a server or an outer layer set survives
+    next to an identity that does not vouch for it.
     """
     environ[ENVIRON_KEY] = identity
     if identity.username is not None:
         environ["REMOTE_USER"] = identity.username
+    else:
+        environ.pop("REMOTE_USER", None)
+
+
+def clear_remote_user(environ: MutableMapping[str, Any]) -> None:
+    """Remove a ``REMOTE_USER`` that flask-bindcar did not set (an exempt path, a refused request)."""
+    environ.pop("REMOTE_USER", None)

@@ -425,7 +425,12 @@ class KubeTokenReviewer:
         return authz
 
     def review(self, token: str, audiences: Sequence[str]) -> ReviewOutcome:
-        """Ask the API server about ``token``. Raises `AuthError` when no answer can be had."""
+        """Ask the API server about ``token``. Raises `AuthError` when no answer can be had.
+
+        The deadline starts before the client is built: the first review of a process (importing
+        the client, an ``exec`` credential plugin) ends within the timeout too.
+        """
+        started = time.monotonic()
         api = self.api()
         body = {
             "apiVersion": TOKEN_REVIEW_API_VERSION,
@@ -444,11 +449,13 @@ class KubeTokenReviewer:
             timeout=timeout,
             secret=token,
             failed=_api_failed,
+            started=started,
         )
         return parse_review(data, token)
 
     def access_review(self, body: Mapping[str, Any], failed: Failed) -> bytes:
         """POST a SubjectAccessReview ``body``: the raw answer, or ``failed(why, reason)`` raised."""
+        started = time.monotonic()
         api = self.authorization_api()
         timeout = self._config.review_timeout
         return call_api(
@@ -461,19 +468,33 @@ class KubeTokenReviewer:
             timeout=timeout,
             secret="",
             failed=failed,
+            started=started,
         )
 
 
-def call_api(call: Callable[[], Any], *, host: str, timeout: float, secret: str, failed: Failed) -> bytes:
+def call_api(
+    call: Callable[[], Any],
+    *,
+    host: str,
+    timeout: float,
+    secret: str,
+    failed: Failed,
+    started: float | None = None,
+) -> bytes:
     """The body of one call of the client within a whole-call deadline of ``timeout`` seconds.
 
-    Whatever goes wrong raises ``failed(why, reason)``, never another exception; ``why`` is
-    scrubbed of ``secret`` (the token under review, if any).
+    The deadline counts from ``started`` (`time.monotonic`, default now): a caller that spent
+    time before the call (building the client) has only what is left. Whatever goes wrong raises
+    ``failed(why, reason)``, never another exception; ``why`` is scrubbed of ``secret`` (the
+    token under review, if any).
     """
     import urllib3
     from kubernetes.client.exceptions import ApiException, OpenApiException
 
-    deadline = _deadline.set(time.monotonic() + timeout)
+    end = (time.monotonic() if started is None else started) + timeout
+    if time.monotonic() >= end:
+        raise failed(f"no answer within {timeout:g}s", API_UNREACHABLE)
+    deadline = _deadline.set(end)
     try:
         response: Any = call()
         return bytes(response.data)

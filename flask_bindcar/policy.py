@@ -6,6 +6,7 @@ Applied on every request, cached outcome or not, so a configuration change takes
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from flask_bindcar.errors import (
     AUDIENCE_INVALID,
@@ -19,6 +20,7 @@ from flask_bindcar.errors import (
 )
 from flask_bindcar.identity import Identity, bound_fields, split_service_account
 from flask_bindcar.kube import ReviewOutcome
+from flask_bindcar.rbac import RBAC
 
 GENERIC_REJECTION = "invalid bearer token"
 """kube-apiserver's ``status.error`` when no authenticator knows the token: it says no more than
@@ -74,3 +76,27 @@ def authorize(
         )
     if require_pod and not identity.is_pod_bound:
         raise AuthError.validation_failed(NOT_POD_BOUND, reason="not_pod_bound")
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    """What one view asks of its callers on top of the app's configuration, as ``@auth_required`` says it.
+
+    ``namespaces`` and ``service_accounts`` narrow the app's allowlists, ``require_pod`` accepts
+    only pod-bound tokens, ``rbac`` replaces the app-wide ``BINDCAR_AUTHZ`` for this view. One
+    frozen object per view: the admission chain reads it, ``review`` and ``doctor`` describe it.
+    """
+
+    namespaces: frozenset[str] | None = None
+    service_accounts: frozenset[str] | None = None
+    require_pod: bool = False
+    rbac: RBAC | None = None
+
+    @property
+    def narrows(self) -> bool:
+        """Whether the view's own allowlists or pod binding apply (beyond the app's)."""
+        return self.namespaces is not None or self.service_accounts is not None or self.require_pod
+
+
+APP_POLICY = ViewPolicy()
+"""A view without ``@auth_required`` arguments: the app's configuration alone."""

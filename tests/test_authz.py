@@ -22,6 +22,7 @@ from werkzeug.test import Client
 
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth, BindcarMiddleware, auth_required, current_identity
 from flask_bindcar.authz import Decision, DecisionCache
+from flask_bindcar.bulkhead import Bulkhead
 from flask_bindcar.cache import FOLLOWER_GRACE
 from flask_bindcar.errors import API_OVERLOADED, API_UNREACHABLE, AuthzUnavailable, ConfigError
 from flask_bindcar.testing import FakeCluster, RealCluster
@@ -586,7 +587,10 @@ def test_bulkhead_full_is_503(fake: FakeCluster, fake_kc: Path, zone_caller: tup
     slow.join()
     assert (response.status_code, response.json) == (
         503,
-        {"error": "Authorization unavailable: SubjectAccessReview API call failed: 1 reviews already in flight"},
+        {
+            "error": "Authorization unavailable: SubjectAccessReview API call failed: overloaded: this caller's share "
+            "of the review slots is in use (1 in flight)"
+        },
     )
 
 
@@ -1352,13 +1356,14 @@ def test_a_full_bulkhead_asks_nothing_and_is_api_overloaded(fake: FakeCluster, f
     _, token = new_caller(fake)
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc), "review_max_inflight": 1}, environ={})
     identity = Authenticator(config).authenticate(f"Bearer {token}")
-    slots = threading.BoundedSemaphore(1)
-    assert slots.acquire(blocking=False)  # a TokenReview holds the only slot
-    authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
+    bulkhead = Bulkhead(1, wait=0)
+    assert bulkhead.acquire(None)  # a TokenReview holds the only slot
+    authorizer = Authorizer(config, KubeTokenReviewer(config), bulkhead, None)
     before = fake.access_review_requests
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
-    assert (info.value.message, info.value.reason) == (UNAVAILABLE + "1 reviews already in flight", API_OVERLOADED)
+    expected = UNAVAILABLE + "overloaded: every review slot is busy (1 in flight)"
+    assert (info.value.message, info.value.reason) == (expected, API_OVERLOADED)
     assert fake.access_review_requests == before
 
 

@@ -223,7 +223,10 @@ def test_bulkhead_fails_fast_beyond_the_inflight_limit(cluster: FakeCluster, mak
     assert len(ok) == 2
     assert (
         refused
-        == ["Token validation failed: TokenReview API call failed: 2 TokenReviews already in flight [api_overloaded]"]
+        == [
+            "Token validation failed: TokenReview API call failed: overloaded: every review slot is busy (2 in flight) "
+            "[api_overloaded]"
+        ]
         * 3
     )
     assert cluster.review_requests == 2
