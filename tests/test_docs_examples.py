@@ -318,7 +318,7 @@ def test_authorization_page_checks_of_a_grant(real_cluster: RealCluster) -> None
         # What the section warns about, as this kube-apiserver and kubectl do it.
         [create, can_i] = re.findall(r"^\* `(kubectl [^`]+)`", checks, flags=re.M)
         refused = sh(create)
-        assert (refused.returncode, refused.stderr) == (1, f"error: {REFUSED}\n")
+        assert (refused.returncode, refused.stderr) == (1, f"{REFUSED}\n")
         assert f"refused: `{REFUSED}`" in " ".join(checks.split())
         wrong = sh(can_i)
         assert (wrong.returncode, wrong.stdout) == (1, "no\n")

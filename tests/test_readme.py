@@ -177,7 +177,7 @@ def test_readme_rbac_commands_on_a_real_cluster(real_cluster: RealCluster, tmp_p
     sh = kubectl_shell(real_cluster, tmp_path)
 
     one_liner = sh("kubectl create clusterrole zones --verb=delete --resource=zones.bindcar.firestoned.io")
-    assert (one_liner.returncode, one_liner.stderr) == (1, f"error: {REFUSED}\n")
+    assert (one_liner.returncode, one_liner.stderr) == (1, f"{REFUSED}\n")
     assert '(`the server doesn\'t have a resource type "zones"`)' in prose
     try:
         applied = sh(apply)
