@@ -474,6 +474,79 @@ def test_token_request_contract(any_cluster: Cluster, scenario: str) -> None:
     assert request_token(any_cluster, make(any_cluster)) == expected
 
 
+# -- RBAC objects: what a grant made through the API looks like and does ------------------------------
+
+RBAC_API = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def test_rbac_objects_contract(any_cluster: Cluster) -> None:
+    """The RBAC objects kubectl creates: refused, created and bound as kube-apiserver does, and a
+    RoleBinding of a ClusterRole grants in its namespace only, with RBAC's reason."""
+    c, tag = any_cluster, uuid.uuid4().hex[:6]
+    ns, sa, names = fresh(c)
+    names[tag] = "<tag>"
+    user = f"system:serviceaccount:{ns}:{sa}"
+    case = Case("", names=names)
+
+    def post(path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
+        response = requests.post(
+            c.url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token or admin_token(c)}"},
+            verify=str(c.ca_path),
+            timeout=30,
+        )
+        answer = response.json()
+        if response.status_code >= 400:
+            return response.status_code, _generic(answer["message"], case)
+        return response.status_code, answer.get("kind")
+
+    role = {
+        "metadata": {"name": f"zones-{tag}"},
+        "rules": [{"apiGroups": ["bindcar.firestoned.io"], "resources": ["zones"], "verbs": ["delete"]}],
+    }
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"zones-{tag}"}
+    bound = {"metadata": {"name": f"zones-{tag}"}, "roleRef": ref, "subjects": [{"kind": "ServiceAccount", "name": sa}]}
+    assert post(f"{RBAC_API}/clusterrolebindings", bound) == (
+        422,
+        'ClusterRoleBinding.rbac.authorization.k8s.io "zones-<tag>" is invalid: subjects[0].namespace: Required value',
+    )
+    assert post(f"{RBAC_API}/clusterroles", role, c.token(ns, sa)) == (
+        403,
+        'clusterroles.rbac.authorization.k8s.io is forbidden: User "system:serviceaccount:<ns>:<sa>" cannot create '
+        'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope',
+    )
+    assert post(f"{RBAC_API}/clusterroles", role) == (201, "ClusterRole")
+    assert post(f"{RBAC_API}/clusterroles", role) == (
+        409,
+        'clusterroles.rbac.authorization.k8s.io "zones-<tag>" already exists',
+    )
+    assert post(f"{RBAC_API}/namespaces/{ns}/rolebindings", bound) == (201, "RoleBinding")
+
+    def may_delete_zone(namespace: str) -> dict[str, Any]:
+        attrs = {"verb": "delete", "group": "bindcar.firestoned.io", "resource": "zones", "namespace": namespace}
+        spec = {"user": user, "groups": ["system:authenticated"], "resourceAttributes": attrs}
+        deadline = time.monotonic() + 10
+        while True:  # RBAC reaches kube-apiserver's authorizer through a watch
+            answer = requests.post(
+                c.url + "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                json={"spec": spec},
+                headers={"Authorization": f"Bearer {admin_token(c)}"},
+                verify=str(c.ca_path),
+                timeout=30,
+            ).json()["status"]
+            if answer.get("allowed") or time.monotonic() > deadline or namespace != ns:
+                return {k: _generic(v, case) if isinstance(v, str) else v for k, v in answer.items()}
+            time.sleep(0.05)
+
+    assert may_delete_zone(ns) == {
+        "allowed": True,
+        "reason": 'RBAC: allowed by RoleBinding "zones-<tag>/<ns>" of ClusterRole "zones-<tag>" to '
+        'ServiceAccount "<sa>/<ns>"',
+    }
+    assert may_delete_zone("default") == {"allowed": False}
+
+
 def test_default_caller_is_the_same_on_both(any_cluster: Cluster) -> None:
     assert DEFAULT_CALLER == "system:serviceaccount:dns-system:bindcar"
     claims = jwt.decode(any_cluster.caller_token, options={"verify_signature": False})

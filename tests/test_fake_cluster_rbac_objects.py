@@ -208,13 +208,32 @@ def status(code: int, reason: str, message: str, details: dict[str, Any]) -> dic
 
 def test_invalid_and_duplicate_objects_are_refused_as_kube_apiserver_does(cluster: FakeCluster) -> None:
     bindings = f"/apis/{RBAC}/v1/clusterrolebindings"
+    required = {"reason": "FieldValueRequired", "message": "Required value"}
     assert post(cluster, bindings, {"metadata": {}}) == (
         422,
         status(
             422,
             "Invalid",
-            f'ClusterRoleBinding.{RBAC} "" is invalid: metadata.name: Required value: name or generateName is required',
-            {"group": RBAC, "kind": "ClusterRoleBinding"},
+            f'ClusterRoleBinding.{RBAC} "" is invalid: [metadata.name: Required value: name or generateName is '
+            'required, roleRef.kind: Unsupported value: "": supported values: "ClusterRole", roleRef.name: Required '
+            "value]",
+            {
+                "group": RBAC,
+                "kind": "ClusterRoleBinding",
+                "causes": [
+                    {
+                        "reason": "FieldValueRequired",
+                        "message": "Required value: name or generateName is required",
+                        "field": "metadata.name",
+                    },
+                    {
+                        "reason": "FieldValueNotSupported",
+                        "message": 'Unsupported value: "": supported values: "ClusterRole"',
+                        "field": "roleRef.kind",
+                    },
+                    {**required, "field": "roleRef.name"},
+                ],
+            },
         ),
     )
     bad = {
@@ -229,7 +248,19 @@ def test_invalid_and_duplicate_objects_are_refused_as_kube_apiserver_does(cluste
             "Invalid",
             f'ClusterRoleBinding.{RBAC} "bad" is invalid: [roleRef.kind: Unsupported value: "Role": supported values: '
             '"ClusterRole", subjects[0].namespace: Required value]',
-            {"name": "bad", "group": RBAC, "kind": "ClusterRoleBinding"},
+            {
+                "name": "bad",
+                "group": RBAC,
+                "kind": "ClusterRoleBinding",
+                "causes": [
+                    {
+                        "reason": "FieldValueNotSupported",
+                        "message": 'Unsupported value: "Role": supported values: "ClusterRole"',
+                        "field": "roleRef.kind",
+                    },
+                    {**required, "field": "subjects[0].namespace"},
+                ],
+            },
         ),
     )
     assert cluster.rbac.get("clusterrolebindings", None, "bad") is None

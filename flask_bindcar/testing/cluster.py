@@ -1174,8 +1174,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 given = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None
                 invalid = {"name": given} if given else {}
-                invalid.update(group=group, kind=_rbac.KINDS[resource])
-                self._send_json(422, _status(422, "Invalid", str(answer), invalid))
+                invalid.update(group=group, kind=_rbac.KINDS[resource], causes=answer["causes"])
+                self._send_json(422, _status(422, "Invalid", answer["message"], invalid))
         elif method == "GET" and name is not None:
             found = cluster.rbac.get(resource, ns, name)
             self._send_json(200, found) if found is not None else self._send_json(404, not_found)

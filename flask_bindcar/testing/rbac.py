@@ -190,9 +190,9 @@ class Rules:
 
     # -- the RBAC objects of the API ---------------------------------------------------------
 
-    def create(self, resource: str, namespace: str | None, obj: Any) -> tuple[int, dict[str, Any] | str]:
+    def create(self, resource: str, namespace: str | None, obj: Any) -> tuple[int, Any]:
         """Create an RBAC object as kube-apiserver would: ``(201, the object)``, ``(409, name)``
-        when it exists, or ``(422, message)`` when it is invalid."""
+        when it exists, or ``(422, {"message", "causes"})`` when it is invalid."""
         invalid = validate_object(resource, obj)
         if invalid is not None:
             return 422, invalid
@@ -314,50 +314,57 @@ def _stamped(obj: Mapping[str, Any], namespace: str | None) -> dict[str, Any]:
     return {**obj, "apiVersion": f"{GROUP}/v1", "metadata": metadata}
 
 
-def validate_object(resource: str, obj: Any) -> str | None:
-    """kube-apiserver's 422 message for an invalid RBAC object (the checks a hand-written grant
-    meets: a name, the binding's ``roleRef``, its subjects), or None."""
-    kind = KINDS[resource]
+def validate_object(resource: str, obj: Any) -> dict[str, Any] | None:
+    """kube-apiserver's 422 for an invalid RBAC object, as ``{"message", "causes"}``, or None. The
+    checks a hand-written grant meets: a name, the binding's ``roleRef`` and subjects (an empty
+    ``apiGroup`` is defaulted, as kube-apiserver does)."""
     metadata = obj.get("metadata") if isinstance(obj, dict) else None
     name = metadata.get("name") if isinstance(metadata, dict) else None
+    errors: list[tuple[str, str, str]] = []  # (field, reason, message)
     if not isinstance(name, str) or not name:
-        return f'{kind}.{GROUP} "" is invalid: metadata.name: Required value: name or generateName is required'
-    errors: list[str] = []
+        name = ""
+        errors.append(("metadata.name", "FieldValueRequired", "Required value: name or generateName is required"))
     if resource in ("clusterrolebindings", "rolebindings"):
-        ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
+        ref: dict[str, Any] = obj["roleRef"] if isinstance(obj, dict) and isinstance(obj.get("roleRef"), dict) else {}
         kinds = ["Role", "ClusterRole"] if resource == "rolebindings" else ["ClusterRole"]
-        if ref.get("apiGroup", "") != GROUP:
-            errors.append(
-                f'roleRef.apiGroup: Unsupported value: "{ref.get("apiGroup", "")}": supported values: "{GROUP}"'
-            )
+        if ref.get("apiGroup") not in ("", None, GROUP):
+            errors.append(("roleRef.apiGroup", *_unsupported(ref["apiGroup"], [GROUP])))
         if ref.get("kind", "") not in kinds:
-            supported = ", ".join(f'"{k}"' for k in kinds)
-            errors.append(f'roleRef.kind: Unsupported value: "{ref.get("kind", "")}": supported values: {supported}')
+            errors.append(("roleRef.kind", *_unsupported(ref.get("kind", ""), kinds)))
         if not ref.get("name"):
-            errors.append("roleRef.name: Required value")
-        for i, subject in enumerate(obj.get("subjects") or ()):
+            errors.append(("roleRef.name", "FieldValueRequired", "Required value"))
+        for i, subject in enumerate(obj.get("subjects") or () if isinstance(obj, dict) else ()):
             errors += _subject_errors(subject, f"subjects[{i}]", namespaced=resource == "rolebindings")
     if not errors:
         return None
-    listed = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
-    return f'{kind}.{GROUP} "{name}" is invalid: {listed}'
+    texts = [f"{where}: {message}" for where, _, message in errors]
+    listed = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    return {
+        "message": f'{KINDS[resource]}.{GROUP} "{name}" is invalid: {listed}',
+        "causes": [{"reason": reason, "message": message, "field": where} for where, reason, message in errors],
+    }
 
 
-def _subject_errors(subject: Any, where: str, *, namespaced: bool) -> list[str]:
+def _unsupported(value: object, supported: list[str]) -> tuple[str, str]:
+    listed = ", ".join(f'"{v}"' for v in supported)
+    return "FieldValueNotSupported", f'Unsupported value: "{value}": supported values: {listed}'
+
+
+def _subject_errors(subject: Any, where: str, *, namespaced: bool) -> list[tuple[str, str, str]]:
     if not isinstance(subject, dict):
-        return [f"{where}: Invalid value: {subject!r}: must be an object"]
-    kind, group = subject.get("kind", ""), subject.get("apiGroup", "")
-    errors = [] if subject.get("name") else [f"{where}.name: Required value"]
+        return [(where, "FieldValueInvalid", "Invalid value: must be an object")]
+    kind, group = subject.get("kind", ""), subject.get("apiGroup") or ""
+    errors = [] if subject.get("name") else [(f"{where}.name", "FieldValueRequired", "Required value")]
     if kind == "ServiceAccount":
         if group:
-            errors.append(f'{where}.apiGroup: Unsupported value: "{group}": supported values: ""')
+            errors.append((f"{where}.apiGroup", *_unsupported(group, [""])))
         if not namespaced and not subject.get("namespace"):
-            errors.append(f"{where}.namespace: Required value")
+            errors.append((f"{where}.namespace", "FieldValueRequired", "Required value"))
     elif kind in ("User", "Group"):
-        if group != GROUP:
-            errors.append(f'{where}.apiGroup: Unsupported value: "{group}": supported values: "{GROUP}"')
+        if group not in ("", GROUP):
+            errors.append((f"{where}.apiGroup", *_unsupported(group, [GROUP])))
     else:
-        errors.append(f'{where}.kind: Unsupported value: "{kind}": supported values: "ServiceAccount", "User", "Group"')
+        errors.append((f"{where}.kind", *_unsupported(kind, ["ServiceAccount", "User", "Group"])))
     return errors
 
 
