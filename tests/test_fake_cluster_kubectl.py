@@ -2,7 +2,8 @@
 client's ServiceAccount and TokenRequest calls.
 
 The kubectl tests need the kubectl that ``make cluster-assets`` builds, so they are marked
-``cluster`` and run with ``make test-cluster``.
+``cluster`` and run with ``make test-cluster``: the guide's account and token commands, and its RBAC
+flow (a 403, a grant with ``kubectl apply`` or ``kubectl create ...binding``, a 200).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from example_app.app import create_app
 from flask_bindcar import AuthConfig, AuthError
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.testing import API_AUDIENCE, FakeCluster
@@ -156,3 +158,94 @@ def test_the_guides_kubectl_commands_against_the_standalone_stand_in(standalone:
     assert (
         failed.value.message == 'Token validation failed: [invalid bearer token, serviceaccounts "test-sa" not found]'
     )
+
+
+@pytest.mark.cluster
+def test_the_guides_rbac_flow_with_kubectl_against_the_standalone_stand_in(
+    standalone: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """403, grant with kubectl, 200: the example app's DELETE (``ZONE_AUTHZ=rbac``) on the stand-in."""
+    kubectl = str(find_assets() / "kubectl")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [kubectl, f"--kubeconfig={standalone['kubeconfig']}", *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    for name, value in {
+        "BIND_AUTH_MODE": "tokenreview",
+        "KUBECONFIG": standalone["kubeconfig"],
+        "ZONE_AUTHZ": "rbac",
+        "BIND_AUTHZ_CACHE_DENIED_TTL": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    for zone in ("example.com", "example.org"):
+        (zones / f"{zone}.json").write_text(json.dumps({"name": zone, "records": []}))
+    app = create_app(zones).test_client()
+    user = "system:serviceaccount:dns-system:external-dns"
+    headers = {"Authorization": f"Bearer {standalone['tokens']['dns-system/external-dns']}"}
+
+    before = app.delete("/api/v1/zones/example.com", headers=headers)
+    assert (before.status_code, before.get_json()) == (
+        403,
+        {"error": f'Forbidden: {user} cannot delete zones.bindcar.firestoned.io "example.com"'},
+    )
+    assert run("apply", "-f", str(ROOT / "example_app" / "deploy" / "rbac-zones.yaml")).splitlines() == [
+        "clusterrole.rbac.authorization.k8s.io/bindcar-zones-editor created",
+        "clusterrolebinding.rbac.authorization.k8s.io/bindcar-zones-external-dns created",
+        "clusterrolebinding.rbac.authorization.k8s.io/bindcar-auth-delegator created",
+    ]
+    after = app.delete("/api/v1/zones/example.com", headers=headers)
+    assert (after.status_code, after.get_json()) == (
+        200,
+        {"deleted": "example.com", "caller": {"username": user, "method": "tokenreview"}},
+    )
+    assert run("apply", "-f", str(ROOT / "example_app" / "deploy" / "rbac-zones.yaml")).splitlines()[0] == (
+        "clusterrole.rbac.authorization.k8s.io/bindcar-zones-editor unchanged"
+    )
+
+    # Revoked with kubectl delete, granted again with kubectl's typed commands (protobuf bodies).
+    assert run("delete", "clusterrolebinding", "bindcar-zones-external-dns").startswith(
+        'clusterrolebinding.rbac.authorization.k8s.io "bindcar-zones-external-dns" deleted'
+    )
+    assert app.delete("/api/v1/zones/example.org", headers=headers).status_code == 403
+    assert run("create", "namespace", "team-b") == "namespace/team-b created"
+    done = subprocess.run(
+        [kubectl, f"--kubeconfig={standalone['kubeconfig']}", "create", "namespace", "team-a"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        'Error from server (AlreadyExists): namespaces "team-a" already exists\n',
+    )
+    assert (
+        run(
+            "create",
+            "rolebinding",
+            "zones",
+            "-n",
+            "team-b",
+            "--clusterrole=bindcar-zones-editor",
+            "--serviceaccount=dns-system:external-dns",
+        )
+        == "rolebinding.rbac.authorization.k8s.io/zones created"
+    )
+    assert app.delete("/api/v1/zones/example.org", headers=headers).status_code == 403  # zones: cluster-scoped
+    assert (
+        run(
+            "create",
+            "clusterrolebinding",
+            "zones",
+            "--clusterrole=bindcar-zones-editor",
+            "--serviceaccount=dns-system:external-dns",
+        )
+        == "clusterrolebinding.rbac.authorization.k8s.io/zones created"
+    )
+    assert app.delete("/api/v1/zones/example.org", headers=headers).status_code == 200
+    assert "zones" in run("get", "clusterrolebindings")

@@ -1,8 +1,11 @@
 """``python -m flask_bindcar.testing``: run the kube-apiserver stand-in until interrupted.
 
-Prints its URL, the kubeconfig to point a client at it, and sample tokens. With ``--real`` it runs
-a `RealCluster` (etcd and kube-apiserver from ``KUBEBUILDER_ASSETS``) instead, and also prints a
-cluster-admin kubeconfig for kubectl.
+Prints its URL, the kubeconfig to point a client at it, and sample tokens. kubectl pointed at that
+kubeconfig manages ServiceAccounts, tokens, Namespaces and RBAC (``kubectl apply -f`` a ClusterRole
+and its binding, ``kubectl create clusterrolebinding ...``): a grant counts at the next
+SubjectAccessReview, a deleted binding revokes it. With ``--real`` it runs a `RealCluster` (etcd
+and kube-apiserver from ``KUBEBUILDER_ASSETS``) instead, and also prints a cluster-admin
+kubeconfig for kubectl.
 """
 
 from __future__ import annotations
