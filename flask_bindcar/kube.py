@@ -384,6 +384,39 @@ def parse_review(data: bytes, token: str = "") -> ReviewOutcome:
     )
 
 
+class _ClientBuild:
+    """One build of the client for one process, in a thread of its own (`KubeTokenReviewer.api`).
+
+    Its outcome is kept: the client, or the `AuthError` every review answers while the build
+    cannot succeed (a missing kubeconfig stays missing until the process restarts).
+    """
+
+    def __init__(self, config: AuthConfig, pid: int):
+        self.pid = pid
+        self.done = threading.Event()
+        self.api: AuthenticationV1Api | None = None
+        self.source: str | None = None
+        self.error: AuthError | None = None
+        self._config = config
+        threading.Thread(target=self._run, name="bindcar-client-build", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            from kubernetes.client import AuthenticationV1Api
+
+            api_client, source = build_api_client(self._config)
+            self.api, self.source = AuthenticationV1Api(api_client), source
+            logger.info("Kubernetes client created from %s", source)
+        except ClientBuildError as e:
+            logger.error("cannot create the Kubernetes client: %s", e)
+            self.error = _client_failed(str(e))
+        except BaseException as e:  # never leave the waiters without an answer
+            log_unexpected("building the Kubernetes client", e)
+            self.error = _client_failed(type(e).__name__)
+        finally:
+            self.done.set()
+
+
 class KubeTokenReviewer:
     """Sends TokenReviews with the official client; one client per process."""
 
@@ -391,32 +424,43 @@ class KubeTokenReviewer:
         self._config = config
         self._lock = threading.Lock()
         self._api: AuthenticationV1Api | None = None
+        self._build: _ClientBuild | None = None
         self._authz: AuthorizationV1Api | None = None
         self._pid: int | None = None
         self.source: str | None = None
         """Where the client's configuration came from, once built."""
 
-    def api(self) -> AuthenticationV1Api:
-        """The per-process client, built on first use; `AuthError` when it cannot be built."""
+    def api(self, deadline: float | None = None, failed: Failed | None = None) -> AuthenticationV1Api:
+        """The per-process client, built on first use; `AuthError` when it cannot be built.
+
+        The build (importing the client, reading the kubeconfig, running an ``exec`` credential
+        plugin) runs in a thread of its own, and a caller with a ``deadline`` (`time.monotonic`)
+        waits for it only until then: the first review of a process ends within its timeout too,
+        and the build goes on for the next one. Past the deadline it raises ``failed(why, reason)``
+        (default: the TokenReview's `AuthError`). A build that failed is tried again by the next
+        caller, as a kubeconfig may appear later.
+        """
         api, pid = self._api, os.getpid()
         if api is not None and self._pid == pid:
             return api
         with self._lock:
-            if self._api is None or self._pid != pid:
-                from kubernetes.client import AuthenticationV1Api
+            build = self._build
+            if build is None or build.pid != pid or (build.done.is_set() and build.error is not None):
+                build = self._build = _ClientBuild(self._config, pid)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not build.done.wait(timeout):
+            raise (failed or _api_failed)(f"no answer within {self._config.review_timeout:g}s", API_UNREACHABLE)
+        if build.error is not None:
+            raise build.error
+        assert build.api is not None
+        with self._lock:
+            if self._pid != pid:
+                self._api, self._pid, self.source = build.api, pid, build.source
+        return build.api
 
-                try:
-                    api_client, source = build_api_client(self._config)
-                except ClientBuildError as e:
-                    logger.error("cannot create the Kubernetes client: %s", e)
-                    raise _client_failed(str(e)) from None
-                self._api, self._pid, self.source = AuthenticationV1Api(api_client), pid, source
-                logger.info("Kubernetes client created from %s", source)
-            return self._api
-
-    def authorization_api(self) -> AuthorizationV1Api:
+    def authorization_api(self, deadline: float | None = None, failed: Failed | None = None) -> AuthorizationV1Api:
         """The SubjectAccessReview API on the same per-process client."""
-        api = self.api()
+        api = self.api(deadline, failed)
         authz = self._authz
         if authz is None or authz.api_client is not api.api_client:
             from kubernetes.client import AuthorizationV1Api
@@ -431,7 +475,7 @@ class KubeTokenReviewer:
         the client, an ``exec`` credential plugin) ends within the timeout too.
         """
         started = time.monotonic()
-        api = self.api()
+        api = self.api(started + self._config.review_timeout)
         body = {
             "apiVersion": TOKEN_REVIEW_API_VERSION,
             "kind": "TokenReview",
@@ -456,7 +500,7 @@ class KubeTokenReviewer:
     def access_review(self, body: Mapping[str, Any], failed: Failed) -> bytes:
         """POST a SubjectAccessReview ``body``: the raw answer, or ``failed(why, reason)`` raised."""
         started = time.monotonic()
-        api = self.authorization_api()
+        api = self.authorization_api(started + self._config.review_timeout, failed)
         timeout = self._config.review_timeout
         return call_api(
             lambda: api.create_subject_access_review(

@@ -1313,14 +1313,14 @@ def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, 
     broken.write_text("{}\n")
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
 
-    slots = threading.BoundedSemaphore(1)
+    slots = Bulkhead(1, wait=0)
     authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(who, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = f"Invalid kube-config file. Expected key current-context in {broken}"
     assert info.value.message == UNAVAILABLE + "Failed to create Kubernetes client: ConfigException: " + why
     assert info.value.reason == "client_failed"
-    assert slots.acquire(blocking=False)  # the slot was given back
+    assert slots.acquire(None)  # the slot was given back
 
 
 def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
@@ -1339,7 +1339,7 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
     broken = deep / "kubeconfig"
     broken.write_text("{}\n")
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
-    authorizer = Authorizer(config, KubeTokenReviewer(config), threading.BoundedSemaphore(1), None)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), Bulkhead(1), None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = "Failed to create Kubernetes client: ConfigException: "
