@@ -2,8 +2,9 @@
 # Build the real control plane for the real-cluster tests into an envtest-style
 # KUBEBUILDER_ASSETS folder: kube-apiserver, etcd and kubectl, at the versions
 # pinned in go.mod/go.sum. A binary that is already there is not built again.
-# A first build compiles them from source: 5 to 15 minutes on 2 cores, most of it
-# kube-apiserver; Go's build cache makes a second one take seconds.
+# A first build compiles them from source: 5 to 15 minutes on 2 cores (more on a
+# busy machine), most of it kube-apiserver; Go's build cache makes a second one
+# take seconds.
 # Usage: tools/kube/build.sh [OUT_DIR]   (default: build/kube-assets)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -38,9 +39,9 @@ for name in etcd kube-apiserver kubectl; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Building ${missing[*]} into $out (etcd $etcd_version, kube-apiserver and kubectl $kube_version)."
-    echo "A first build compiles them from source: 5 to 15 minutes on 2 cores, most of it kube-apiserver;"
-    echo "with Go's build cache, later builds take seconds. To build nothing, point KUBEBUILDER_ASSETS at"
-    echo "envtest's binaries instead (setup-envtest use -p path; see docs/testing.md)."
+    echo "A first build compiles them from source: 5 to 15 minutes on 2 cores, more on a busy machine,"
+    echo "most of it kube-apiserver; with Go's build cache, later builds take seconds. To build nothing,"
+    echo "point KUBEBUILDER_ASSETS at envtest's binaries instead (setup-envtest use -p path; docs/testing.md)."
 fi
 
 build() {  # build NAME PACKAGE [LDFLAGS]
