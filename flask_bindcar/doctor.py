@@ -477,9 +477,8 @@ def review(
 
 def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
     """The SubjectAccessReview a request to ``route`` meets; raises `AccessDenied` or `AuthzUnavailable`."""
-    import threading
-
     from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
+    from flask_bindcar.bulkhead import Bulkhead
     from flask_bindcar.kube import KubeTokenReviewer
 
     assert route.rbac is not None
@@ -489,7 +488,7 @@ def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
         attributes = route.rbac.attributes(route.method, route.path, route.view_args)
     except KeyError as e:
         raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
-    authorizer = Authorizer(config, KubeTokenReviewer(config), threading.BoundedSemaphore(1), None)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), Bulkhead(1), None)
     (decision, _, ms) = authorizer.check(identity, attributes)
     return Check(
         "rbac",
