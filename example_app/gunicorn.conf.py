@@ -4,8 +4,25 @@
 """
 
 import os
+import ssl
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8080")
+# HTTPS when GUNICORN_CERTFILE and GUNICORN_KEYFILE name a certificate and its key, as the Deployment
+# sets them (its kubernetes.io/tls Secret): callers' tokens never cross the network in clear text.
+# Plain HTTP when neither is set, as `make demo` serves on 127.0.0.1. A pair that does not load
+# stops gunicorn here, at start, not at each handshake. The sync and gthread workers load the pair
+# for each new connection, so a renewed Secret is served without a restart.
+certfile = os.environ.get("GUNICORN_CERTFILE") or None
+keyfile = os.environ.get("GUNICORN_KEYFILE") or None
+if bool(certfile) != bool(keyfile):
+    raise SystemExit("example_app/gunicorn.conf.py: set both GUNICORN_CERTFILE and GUNICORN_KEYFILE, or neither")
+if certfile:
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as e:  # ssl.SSLError is one
+        raise SystemExit(
+            f"example_app/gunicorn.conf.py: cannot serve HTTPS with {certfile} and {keyfile}: {e}"
+        ) from None
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # The TokenReview bulkhead stays below the thread count, so a hanging API server can hold at most
