@@ -19,6 +19,8 @@ from kubernetes.client.exceptions import ApiException
 
 from example_app.app import create_app
 from flask_bindcar.testing import FakeCluster
+from flask_bindcar.testing.authorizer import Rules
+from flask_bindcar.testing.rbac import new_rule
 from tests.conftest import api_client_for
 
 RBAC = "rbac.authorization.k8s.io"
@@ -434,3 +436,71 @@ def test_the_example_app_answers_403_then_200_after_a_grant_through_the_api(
         200,
         {"deleted": "example.com", "caller": {"username": EXTERNAL_DNS, "method": "tokenreview"}},
     )
+
+
+# -- what allow() stands for: the role and binding RealCluster.allow creates ---------------------
+
+
+def allow_shapes(namespace: str) -> dict[str, dict[str, Any]]:
+    """``allow(...)``'s arguments, one of each kind of grant, for subjects of ``namespace``."""
+    account = f"system:serviceaccount:{namespace}:external-dns"
+    return {
+        "a resource, cluster-wide": {"subject": account, "verb": "delete", "resource": "zones", "group": ZONES},
+        "named resources": {
+            "subject": account,
+            "verb": "delete",
+            "resource": "zones",
+            "group": ZONES,
+            "name": ["example.com", "example.org"],
+        },
+        "in a namespace": {
+            "subject": account,
+            "verb": ["get", "delete"],
+            "resource": "zones",
+            "group": ZONES,
+            "namespace": namespace,
+        },
+        "to a group": {"subject": f"system:serviceaccounts:{namespace}", "verb": "delete", "resource": "zones"},
+        "to a user, everything": {"subject": f"user-{namespace}", "verb": "*", "resource": "*", "group": "*"},
+        "a subresource": {"subject": account, "verb": "update", "resource": "zones/status", "group": ZONES},
+        "a subresource of any": {"subject": account, "verb": "update", "resource": "*/status", "group": ZONES},
+        "a path prefix": {"subject": account, "verb": "get", "path": "/zones/*"},
+    }
+
+
+ALLOW_SHAPES = list(allow_shapes("-"))
+
+
+@pytest.mark.parametrize("shape", ALLOW_SHAPES)
+def test_a_rules_role_and_binding_grant_what_allow_grants(cluster: FakeCluster, shape: str) -> None:
+    """`Rule.objects` (what RealCluster.allow creates), created through the stand-in's API, allow
+    the rule's `Rule.probe` with the rule's own reason, as the rule added by `allow` does."""
+    arguments = allow_shapes("team-a")[shape]
+    subject, verb = arguments.pop("subject"), arguments.pop("verb")
+    rule = new_rule("granted", subject, verb, **arguments)
+    assert cluster.rbac.decide(rule.probe()) == {"allowed": False}
+
+    where = f"/apis/{RBAC}/v1" + (f"/namespaces/{rule.namespace}" if rule.namespace else "")
+    for obj in rule.objects():
+        response = requests.post(
+            f"{cluster.url}{where}/{obj['kind'].lower()}s",
+            json=obj,
+            headers={"Authorization": f"Bearer {cluster.caller_token}"},
+            verify=str(cluster.ca_path),
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+
+    assert cluster.rbac.decide(rule.probe()) == {"allowed": True, "reason": rule.reason}
+    rules = Rules()
+    assert rules.allow(subject, verb, **arguments, binding="granted") == rule
+    assert rules.decide(rule.probe()) == {"allowed": True, "reason": rule.reason}
+
+
+def test_allow_refuses_what_rbac_cannot_express(cluster: FakeCluster) -> None:
+    with pytest.raises(ValueError, match=r"^allow\(\) takes a resource or a path, not both$"):
+        cluster.allow(EXTERNAL_DNS, "get", "zones", path="/zones")
+    with pytest.raises(ValueError, match=r"^allow\(\) takes a resource or a path, not both$"):
+        cluster.allow(EXTERNAL_DNS, "get")
+    with pytest.raises(ValueError, match=r"^a path \(nonResourceURLs\) can only be granted cluster-wide$"):
+        cluster.allow(EXTERNAL_DNS, "get", path="/zones", namespace="dns-system")

@@ -3,7 +3,7 @@
 The guide's Testing section run as written — ``kubectl create serviceaccount``, ``kubectl create
 token ... --audience=bindcar`` — then each request to an app under gunicorn, through both adapters;
 ``doctor`` and ``review``; the explicit in-cluster files with a rotated token; the deployment
-manifests as the real API server admits them.
+manifests as the real API server admits them; ``allow``, FakeCluster's RBAC grant made real.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from flask_bindcar import AuthConfig, AuthError
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.doctor import rbac_yaml
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, RealCluster
+from flask_bindcar.testing.real import ApiError
 from tests.gunicorn_server import ROOT, TARGETS, base_environment
 from tests.test_doctor import run
+from tests.test_fake_cluster_rbac_objects import ALLOW_SHAPES, allow_shapes
 
 pytestmark = pytest.mark.cluster
 
@@ -435,3 +437,34 @@ def test_standalone_real_cluster_command(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert not (folder / "etcd").exists()
+
+
+@pytest.mark.parametrize("shape", ALLOW_SHAPES)
+def test_allow_returns_once_rbac_agrees_with_the_rules_reason(real_cluster: RealCluster, shape: str) -> None:
+    """Each kind of grant FakeCluster.allow makes, made real: in force when allow returns, and
+    allowed for the reason the returned `Rule` gives (the stand-in's reason for the same rule)."""
+    arguments = allow_shapes(f"allow-{uuid.uuid4().hex[:6]}")[shape]
+    rule = real_cluster.allow(arguments.pop("subject"), arguments.pop("verb"), **arguments)
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": rule.probe()}
+    answer = real_cluster.api("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    assert answer["status"] == {"allowed": True, "reason": rule.reason}
+    assert rule.binding.startswith("real-rbac-")
+
+
+def test_allow_refuses_a_binding_that_exists_and_what_rbac_cannot_express(real_cluster: RealCluster) -> None:
+    namespace = f"allow-{uuid.uuid4().hex[:6]}"
+    user = f"system:serviceaccount:{namespace}:external-dns"
+    first = real_cluster.allow(user, "get", "zones", namespace=namespace, binding="zones")
+    assert first.reason == f'RBAC: allowed by RoleBinding "zones/{namespace}" of Role "zones" to ServiceAccount ' + (
+        f'"external-dns/{namespace}"'
+    )
+    with pytest.raises(ApiError) as info:
+        real_cluster.allow(user, "delete", "zones", namespace=namespace, binding="zones")
+    assert (info.value.status, info.value.body["reason"]) == (409, "AlreadyExists")
+    with pytest.raises(ValueError, match=r"^allow\(\) takes a resource or a path, not both$"):
+        real_cluster.allow(user, "get", "zones", path="/zones", binding="never-made")
+    with pytest.raises(ValueError, match=r"^a path \(nonResourceURLs\) can only be granted cluster-wide$"):
+        real_cluster.allow(user, "get", path="/zones", namespace=namespace, binding="never-made")
+    with pytest.raises(ApiError) as info:
+        real_cluster.api("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/never-made")
+    assert info.value.status == 404

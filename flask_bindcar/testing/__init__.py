@@ -13,27 +13,35 @@ With pytest the ``fake_cluster`` and ``fake_kubeconfig`` fixtures are registered
 
 `RealCluster` has the same interface over a real etcd and kube-apiserver (``make cluster-assets``
 builds them); its session-scoped ``real_cluster`` fixture runs tests marked ``cluster`` under
-``pytest --cluster``.
+``pytest --cluster``. `Cluster` is that interface, and the ``any_cluster`` fixture runs one test
+body on both: on the stand-in always, and on the real server under ``pytest --cluster``.
+
+The rooms: `interface` (the `Cluster` protocol, the objects it names, the claims and files both
+clusters write), `rbac` (a grant as a rule, its role and binding); the stand-in's state in
+`cluster`, its RBAC in `authorizer`, its HTTPS server in `server` over the endpoints of `reviews`
+and `objects` (on `handler`, with `discovery` and `protobuf`); the real control plane's processes
+in `controlplane` and its API helpers in `real`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 EXTRA_MODULES = ("jwt", "trustme", "cryptography")
 """What the ``testing`` extra installs; without one of them the import says which extra to add."""
 
 try:
-    from flask_bindcar.testing.cluster import (
+    from flask_bindcar.testing.cluster import FAULTS, FakeCluster, Fault, token_hash
+    from flask_bindcar.testing.interface import (
         API_AUDIENCE,
         DEFAULT_CALLER,
-        FAULTS,
         ISSUER,
-        FakeCluster,
-        Fault,
+        Cluster,
         InClusterFiles,
         Pod,
         ServiceAccount,
-        token_hash,
     )
+    from flask_bindcar.testing.rbac import Rule
     from flask_bindcar.testing.real import AssetsMissing, RealCluster
 except ModuleNotFoundError as e:
     if (e.name or "").split(".")[0] not in EXTRA_MODULES:
@@ -50,11 +58,19 @@ __all__ = [
     "FAULTS",
     "ISSUER",
     "AssetsMissing",
+    "Cluster",
     "FakeCluster",
     "Fault",
     "InClusterFiles",
     "Pod",
     "RealCluster",
+    "Rule",
     "ServiceAccount",
     "token_hash",
 ]
+
+if TYPE_CHECKING:
+
+    def _both_are_clusters(fake: FakeCluster, real: RealCluster) -> tuple[Cluster, Cluster]:
+        """Never called: mypy checks here that both classes satisfy the `Cluster` protocol."""
+        return fake, real

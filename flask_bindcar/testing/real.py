@@ -3,41 +3,34 @@
 `RealCluster` starts the binaries of an envtest-style ``KUBEBUILDER_ASSETS`` folder (``etcd``,
 ``kube-apiserver``, ``kubectl``; this repository builds them with ``make cluster-assets``) on free
 ports of 127.0.0.1, with generated certificates, ``--authorization-mode=RBAC`` and a
-ServiceAccount issuer whose signing key it holds. Tokens come from the real TokenRequest API;
-the ones it refuses to mint (expired, not yet valid) are signed with the cluster's own key.
+ServiceAccount issuer whose signing key it holds (the processes are
+`flask_bindcar.testing.controlplane`'s). Everything else goes through the real API: accounts,
+pods and tokens from TokenRequest, RBAC grants as Roles and bindings that count once a
+SubjectAccessReview says so. The tokens TokenRequest refuses to mint (expired, not yet valid) are
+signed with the cluster's own key.
 
 Only the standard library, ``trustme`` and ``PyJWT`` are used: no Flask, no ``kubernetes`` client.
+It runs past 400 lines because each helper of the interface both clusters share is here once, in
+REST calls, with the waits RBAC and deletions need before a test may rely on them.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
+import itertools
 import json
-import os
-import shutil
-import socket
-import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import jwt
-import trustme
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from flask_bindcar.testing.cluster import (
-    API_AUDIENCE,
+from flask_bindcar.testing.controlplane import AssetsMissing, ControlPlane, find_assets
+from flask_bindcar.testing.interface import (
     DEFAULT_CALLER,
-    ISSUER,
     SA_PREFIX,
     InClusterFiles,
     Pod,
@@ -46,19 +39,17 @@ from flask_bindcar.testing.cluster import (
     write_incluster_files,
     write_kubeconfig_file,
 )
+from flask_bindcar.testing.rbac import GROUP, Rule, SubjectKind, groups_of, new_rule
 
-ASSETS_ENV = "KUBEBUILDER_ASSETS"
-DEFAULT_ASSETS = Path("build/kube-assets")
-BINARIES = ("etcd", "kube-apiserver", "kubectl")
-ADMIN = "bindcar-admin"
+__all__ = ["STATIC_USERS", "ApiError", "AssetsMissing", "RealCluster", "find_assets"]
+
 REVIEW_BINDING = "flask-bindcar-test-reviewer"
 """The ClusterRoleBinding that lets the default caller create TokenReviews (``system:auth-delegator``)."""
 STATIC_USERS = ("jane",)
 """Non-ServiceAccount users with static tokens (``--token-auth-file``), fixed when the cluster starts."""
-
-
-class AssetsMissing(RuntimeError):
-    """The control-plane binaries are not where `RealCluster` looks for them."""
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+RBAC_WAIT = 10.0
+"""Seconds a grant or a revocation may take to reach the RBAC authorizer (it learns them by a watch)."""
 
 
 class ApiError(Exception):
@@ -71,36 +62,11 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {message or body}")
 
 
-def find_assets(assets: str | Path | None = None) -> Path:
-    """The folder holding etcd, kube-apiserver and kubectl: ``assets``, ``$KUBEBUILDER_ASSETS`` or
-    ``build/kube-assets``; `AssetsMissing` naming ``make cluster-assets`` when one is missing."""
-    candidates = [Path(assets)] if assets is not None else []
-    if not candidates and os.environ.get(ASSETS_ENV):
-        candidates.append(Path(os.environ[ASSETS_ENV]))
-    if not candidates:
-        here = Path(__file__).resolve().parents[2] / DEFAULT_ASSETS
-        candidates += [DEFAULT_ASSETS.resolve(), here]
-    for folder in candidates:
-        if all(os.access(folder / name, os.X_OK) for name in BINARIES):
-            return folder
-    where = ", ".join(str(c) for c in candidates)
-    raise AssetsMissing(
-        f"RealCluster needs {', '.join(BINARIES)} in {ASSETS_ENV} (looked in {where}). "
-        "Build them with `make cluster-assets` (needs Go), or point KUBEBUILDER_ASSETS at envtest's binaries."
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RealCluster:
     """etcd and kube-apiserver, started for tests; a context manager like `FakeCluster`.
 
-    ``api_audiences`` become ``--api-audiences`` (default: the issuer). ``static_users`` are the
-    non-ServiceAccount users with static tokens; `add_caller` hands out their tokens.
+    ``static_users`` are the non-ServiceAccount users with static tokens; `add_caller` hands out
+    their tokens.
     """
 
     def __init__(
@@ -112,139 +78,25 @@ class RealCluster:
         start_timeout: float = 60.0,
     ):
         self.assets = find_assets(assets)
-        self._workdir_arg = Path(workdir).resolve() if workdir is not None else None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._dir: Path | None = None
-        self._static_users = {name: "static-" + uuid.uuid4().hex for name in static_users}
-        self._admin_token = "admin-" + uuid.uuid4().hex
-        self._start_timeout = start_timeout
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._kid = _key_id(self._key.public_key())
-        self._ca = trustme.CA()
-        self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._logs: list[BinaryIO] = []
-        self._ssl: ssl.SSLContext | None = None
-        self.port = 0
+        self._plane = ControlPlane(
+            self.assets, Path(workdir).resolve() if workdir is not None else None, static_users, start_timeout
+        )
+        self._bindings = itertools.count(1)
         self.caller_token = ""
         """A token of the default caller, ``system:serviceaccount:dns-system:bindcar``, which may review."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> RealCluster:
-        if self._processes:
+        if self._plane.running:
             return self
+        self._plane.start()
         try:
-            self._start()
+            self._setup_default_caller()
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _start(self) -> None:
-        if self._workdir_arg is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="real-cluster-")
-            self._dir = Path(self._tmp.name)
-        else:
-            self._dir = self._workdir_arg
-            self._dir.mkdir(parents=True, exist_ok=True)
-        d = self._dir
-        (d / "ca.crt").write_bytes(self._ca.cert_pem.bytes())
-        serving = self._ca.issue_cert("127.0.0.1", "localhost")
-        serving.private_key_pem.write_to_path(str(d / "apiserver.key"))
-        serving.cert_chain_pems[0].write_to_path(str(d / "apiserver.crt"))
-        (d / "sa.key").write_bytes(
-            self._key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        (d / "sa.pub").write_bytes(
-            self._key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        rows = [f'{self._admin_token},{ADMIN},{ADMIN},"system:masters"']
-        rows += [f"{token},{name},{name}" for name, token in self._static_users.items()]
-        (d / "tokens.csv").write_text("\n".join(rows) + "\n")
-        for name in ("tokens.csv", "sa.key", "apiserver.key"):
-            (d / name).chmod(0o600)
-
-        etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
-        peer_url = f"http://127.0.0.1:{peer_port}"
-        self._spawn(
-            "etcd",
-            [
-                f"--data-dir={d / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
-                "--unsafe-no-fsync",
-                "--log-level=warn",
-            ],
-        )
-        self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.port}",
-                f"--cert-dir={d / 'certs'}",
-                f"--tls-cert-file={d / 'apiserver.crt'}",
-                f"--tls-private-key-file={d / 'apiserver.key'}",
-                f"--client-ca-file={d / 'ca.crt'}",
-                f"--token-auth-file={d / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer={ISSUER}",
-                f"--service-account-key-file={d / 'sa.pub'}",
-                f"--service-account-signing-key-file={d / 'sa.key'}",
-                f"--api-audiences={API_AUDIENCE}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
-        self._ssl = ssl.create_default_context(cafile=str(d / "ca.crt"))
-        self._wait_ready()
-        self._setup_default_caller()
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        assert self._dir is not None
-        log = (self._dir / f"{name}.log").open("wb")
-        self._logs.append(log)
-        process = subprocess.Popen(  # noqa: S603 - our own binaries, fixed arguments
-            [str(self.assets / name), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        self._processes.append((name, process))
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self._start_timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            for name, process in self._processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}: {self._log_tail()}")
-            try:
-                if self._request("GET", "/readyz") == "ok":
-                    return
-            except (ApiError, OSError) as e:
-                last = e
-            time.sleep(0.25)
-        raise TimeoutError(f"kube-apiserver not ready in {self._start_timeout:.0f} s ({last}): {self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        if self._dir is None:
-            return ""
-        tails = []
-        for name in ("etcd", "kube-apiserver"):
-            path = self._dir / f"{name}.log"
-            if path.exists():
-                tails.append(f"--- {name}.log ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
-        return "\n".join(tails)
 
     def _setup_default_caller(self) -> None:
         namespace, name = DEFAULT_CALLER.removeprefix(SA_PREFIX).split(":")
@@ -253,25 +105,7 @@ class RealCluster:
         self.caller_token = self._token_request(namespace, name, None, 24 * 3600, None)
 
     def stop(self) -> None:
-        for _, process in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-        for _, process in reversed(self._processes):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._processes.clear()
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-        elif self._dir is not None:
-            for name in ("etcd", "certs"):
-                shutil.rmtree(self._dir / name, ignore_errors=True)
+        self._plane.stop()
 
     def __enter__(self) -> RealCluster:
         return self.start()
@@ -280,14 +114,18 @@ class RealCluster:
         self.stop()
 
     @property
+    def port(self) -> int:
+        return self._plane.port
+
+    @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return self._plane.url
 
     @property
     def workdir(self) -> Path:
-        if self._dir is None:
+        if self._plane.dir is None:
             raise RuntimeError("RealCluster is not started")
-        return self._dir
+        return self._plane.dir
 
     @property
     def ca_path(self) -> Path:
@@ -295,14 +133,14 @@ class RealCluster:
 
     @property
     def ca_pem(self) -> bytes:
-        return bytes(self._ca.cert_pem.bytes())
+        return self._plane.ca_pem
 
     @property
     def admin_kubeconfig(self) -> Path:
         """A kubeconfig for cluster-admin (group ``system:masters``), for kubectl."""
         path = self.workdir / "admin.kubeconfig"
         if not path.exists():
-            self.write_kubeconfig(path, self._admin_token)
+            self.write_kubeconfig(path, self._plane.admin_token)
         return path
 
     # -- the REST API ------------------------------------------------------------------------
@@ -310,12 +148,12 @@ class RealCluster:
     def _request(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - https only
-        req.add_header("Authorization", f"Bearer {token or self._admin_token}")
+        req.add_header("Authorization", f"Bearer {token or self._plane.admin_token}")
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, context=self._ssl, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(req, context=self._plane.ssl, timeout=30) as response:  # noqa: S310
                 raw = response.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -388,7 +226,7 @@ class RealCluster:
                 },
             },
         )
-        return Pod(namespace, name, pod["metadata"]["uid"])
+        return Pod(namespace, name, pod["metadata"]["uid"], service_account=service_account)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete the pod at once (nothing runs it): tokens bound to it stop authenticating."""
@@ -438,30 +276,10 @@ class RealCluster:
 
     def can_review(self, username: str) -> bool:
         """Whether RBAC lets ``username`` create TokenReviews (a SubjectAccessReview, as admin)."""
-        groups = ["system:authenticated"]
-        if username.startswith(SA_PREFIX):
-            namespace = username.removeprefix(SA_PREFIX).split(":")[0]
-            groups += ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
-        review = self._request(
-            "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SubjectAccessReview",
-                "spec": {
-                    "user": username,
-                    "groups": groups,
-                    "resourceAttributes": {
-                        "group": "authentication.k8s.io",
-                        "resource": "tokenreviews",
-                        "verb": "create",
-                    },
-                },
-            },
-        )
-        return bool(review["status"].get("allowed"))
+        attributes = {"group": "authentication.k8s.io", "resource": "tokenreviews", "verb": "create"}
+        return self.access_allowed({"user": username, "groups": groups_of(username), "resourceAttributes": attributes})
 
-    def _wait_can_review(self, username: str, allowed: bool, timeout: float = 10.0) -> None:
+    def _wait_can_review(self, username: str, allowed: bool, timeout: float = RBAC_WAIT) -> None:
         """RBAC reaches the authorizer through a watch: wait until the decision has changed."""
         deadline = time.monotonic() + timeout
         while self.can_review(username) != allowed:
@@ -469,19 +287,71 @@ class RealCluster:
                 raise TimeoutError(f"RBAC did not {'grant' if allowed else 'revoke'} {username} in {timeout:.0f} s")
             time.sleep(0.05)
 
+    def access_allowed(self, spec: dict[str, Any]) -> bool:
+        """Whether RBAC allows the SubjectAccessReview ``spec`` (asked as cluster-admin)."""
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        return bool(self._request("POST", SAR_PATH, body)["status"].get("allowed"))
+
     def add_caller(self, username: str, *, can_review: bool = True) -> str:
         """The static token of ``username``, one of the `static_users` fixed at start."""
-        token = self._static_users.get(username)
+        token = self._plane.static_tokens.get(username)
         if token is None:
             raise ValueError(
                 f"{username!r} is not a static user of this RealCluster; static users are fixed at start: "
-                f"RealCluster(static_users={sorted(self._static_users)!r} + [...])"
+                f"RealCluster(static_users={sorted(self._plane.static_tokens)!r} + [...])"
             )
         if can_review:
             self.grant_token_review(username)
         else:
             self.revoke_token_review(username)
         return token
+
+    def allow(
+        self,
+        subject: str,
+        verb: str | Iterable[str],
+        resource: str | Iterable[str] | None = None,
+        *,
+        group: str | Iterable[str] = "",
+        namespace: str | None = None,
+        name: str | Iterable[str] | None = None,
+        path: str | Iterable[str] | None = None,
+        binding: str | None = None,
+        kind: SubjectKind | None = None,
+    ) -> Rule:
+        """Let ``subject`` (a username or a group) ``verb`` a resource or a path: `FakeCluster.allow`
+        made real, with the same arguments and the same `Rule` returned.
+
+        Creates a Role and RoleBinding in ``namespace`` (the namespace too, when missing), or a
+        ClusterRole and ClusterRoleBinding, both named ``binding`` (generated when not given), and
+        returns once a SubjectAccessReview of the rule's first verb on its first resource or path
+        (`Rule.probe`) is allowed: RBAC learns of new objects through a watch, so the grant is in
+        force when this returns. A ``binding`` that exists already is kube-apiserver's 409
+        (`ApiError`). `TimeoutError` if RBAC has not agreed in 10 s.
+        """
+        rule = new_rule(
+            binding or f"real-rbac-{next(self._bindings)}",
+            subject,
+            verb,
+            resource,
+            group=group,
+            namespace=namespace,
+            name=name,
+            path=path,
+            kind=kind,
+        )
+        role, bound = rule.objects()
+        where = f"/apis/{GROUP}/v1" + (f"/namespaces/{namespace}" if namespace else "")
+        if namespace:
+            self._ensure_namespace(namespace)
+        self._request("POST", f"{where}/{role['kind'].lower()}s", role)
+        self._request("POST", f"{where}/{bound['kind'].lower()}s", bound)
+        probe, deadline = rule.probe(), time.monotonic() + RBAC_WAIT
+        while not self.access_allowed(probe):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"RBAC did not grant {probe} in {RBAC_WAIT:.0f} s")
+            time.sleep(0.05)
+        return rule
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -507,7 +377,7 @@ class RealCluster:
         if expires_in >= 600 and not_before is None:
             return self._token_request(namespace, name, auds, int(expires_in), bound)
         claims = bound_token_claims(sa, auds, expires_in, bound, not_before)
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._kid})
+        return self._plane.sign(claims)
 
     def _token_request(
         self, namespace: str, name: str, audiences: list[str] | None, seconds: int, pod: Pod | None
@@ -557,9 +427,3 @@ def _binding_name(username: str) -> str:
     if username == DEFAULT_CALLER:
         return REVIEW_BINDING
     return f"{REVIEW_BINDING}-{hashlib.sha256(username.encode()).hexdigest()[:10]}"
-
-
-def _key_id(public_key: rsa.RSAPublicKey) -> str:
-    """kube-apiserver's key ID: unpadded base64url of the SHA-256 of the key's DER form."""
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()

@@ -1,0 +1,254 @@
+"""Starting and stopping a real control plane: etcd and kube-apiserver on loopback, as envtest does.
+
+`ControlPlane` finds nothing and asks nothing of the API: it writes the certificates, the
+ServiceAccount signing key and the static token file, starts the binaries of an envtest-style
+``KUBEBUILDER_ASSETS`` folder (`find_assets`) on free ports of 127.0.0.1, waits until
+``/readyz`` answers, and stops them again, naming the binary that exited and the tail of each log
+when a start fails. What is done with the running API server is `RealCluster`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import jwt
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from flask_bindcar.testing.interface import API_AUDIENCE, ISSUER
+
+ASSETS_ENV = "KUBEBUILDER_ASSETS"
+DEFAULT_ASSETS = Path("build/kube-assets")
+BINARIES = ("etcd", "kube-apiserver", "kubectl")
+ADMIN = "bindcar-admin"
+
+
+class AssetsMissing(RuntimeError):
+    """The control-plane binaries are not where `RealCluster` looks for them."""
+
+
+def find_assets(assets: str | Path | None = None) -> Path:
+    """The folder holding etcd, kube-apiserver and kubectl: ``assets``, ``$KUBEBUILDER_ASSETS`` or
+    ``build/kube-assets``; `AssetsMissing` naming ``make cluster-assets`` when one is missing."""
+    candidates = [Path(assets)] if assets is not None else []
+    if not candidates and os.environ.get(ASSETS_ENV):
+        candidates.append(Path(os.environ[ASSETS_ENV]))
+    if not candidates:
+        here = Path(__file__).resolve().parents[2] / DEFAULT_ASSETS
+        candidates += [DEFAULT_ASSETS.resolve(), here]
+    for folder in candidates:
+        if all(os.access(folder / name, os.X_OK) for name in BINARIES):
+            return folder
+    where = ", ".join(str(c) for c in candidates)
+    raise AssetsMissing(
+        f"RealCluster needs {', '.join(BINARIES)} in {ASSETS_ENV} (looked in {where}). "
+        "Build them with `make cluster-assets` (needs Go), or point KUBEBUILDER_ASSETS at envtest's binaries."
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ControlPlane:
+    """etcd and kube-apiserver from ``assets``, with ``--authorization-mode=RBAC``, a ServiceAccount
+    issuer whose signing key it holds (`sign`), a cluster-admin (`admin_token`, group
+    ``system:masters``) and ``static_users`` with static tokens (`static_tokens`)."""
+
+    def __init__(self, assets: Path, workdir: Path | None, static_users: Iterable[str], start_timeout: float):
+        self.assets = assets
+        self._workdir_arg = workdir
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.dir: Path | None = None
+        """The working directory once started: certificates, keys, tokens, logs, etcd's data."""
+        self.static_tokens = {name: "static-" + uuid.uuid4().hex for name in static_users}
+        self.admin_token = "admin-" + uuid.uuid4().hex
+        self._start_timeout = start_timeout
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._kid = _key_id(self._key.public_key())
+        self._ca = trustme.CA()
+        self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[BinaryIO] = []
+        self.ssl: ssl.SSLContext | None = None
+        """A client context trusting the cluster's CA, once started."""
+        self.port = 0
+
+    @property
+    def running(self) -> bool:
+        return bool(self._processes)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return bytes(self._ca.cert_pem.bytes())
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT of ``claims`` signed with the cluster's ServiceAccount key, as kube-apiserver signs."""
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._kid})
+
+    def start(self) -> None:
+        """Start etcd and kube-apiserver and wait until it is ready; stopped again if that fails."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        if self._workdir_arg is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="real-cluster-")
+            self.dir = Path(self._tmp.name)
+        else:
+            self.dir = self._workdir_arg
+            self.dir.mkdir(parents=True, exist_ok=True)
+        d = self.dir
+        (d / "ca.crt").write_bytes(self._ca.cert_pem.bytes())
+        serving = self._ca.issue_cert("127.0.0.1", "localhost")
+        serving.private_key_pem.write_to_path(str(d / "apiserver.key"))
+        serving.cert_chain_pems[0].write_to_path(str(d / "apiserver.crt"))
+        (d / "sa.key").write_bytes(
+            self._key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        (d / "sa.pub").write_bytes(
+            self._key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        rows = [f'{self.admin_token},{ADMIN},{ADMIN},"system:masters"']
+        rows += [f"{token},{name},{name}" for name, token in self.static_tokens.items()]
+        (d / "tokens.csv").write_text("\n".join(rows) + "\n")
+        for name in ("tokens.csv", "sa.key", "apiserver.key"):
+            (d / name).chmod(0o600)
+
+        etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        self._spawn(
+            "etcd",
+            [
+                f"--data-dir={d / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={d / 'certs'}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
+                f"--client-ca-file={d / 'ca.crt'}",
+                f"--token-auth-file={d / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={ISSUER}",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                f"--api-audiences={API_AUDIENCE}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self.ssl = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        self._wait_ready()
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        assert self.dir is not None
+        log = (self.dir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        process = subprocess.Popen(  # noqa: S603 - our own binaries, fixed arguments
+            [str(self.assets / name), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        self._processes.append((name, process))
+
+    def _ready(self) -> bool:
+        request = urllib.request.Request(self.url + "/readyz")  # noqa: S310 - https only
+        request.add_header("Authorization", f"Bearer {self.admin_token}")
+        with urllib.request.urlopen(request, context=self.ssl, timeout=30) as response:  # noqa: S310
+            return bool(response.read() == b"ok")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            for name, process in self._processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}: {self._log_tail()}")
+            try:
+                if self._ready():
+                    return
+            except OSError as e:  # refused, reset, or an HTTP error (urllib's are OSErrors too)
+                last = e
+            time.sleep(0.25)
+        raise TimeoutError(f"kube-apiserver not ready in {self._start_timeout:.0f} s ({last}): {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.dir is None:
+            return ""
+        tails = []
+        for name in ("etcd", "kube-apiserver"):
+            path = self.dir / f"{name}.log"
+            if path.exists():
+                tails.append(f"--- {name}.log ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+        return "\n".join(tails)
+
+    def stop(self) -> None:
+        """Stop both processes (killed after 10 s); remove the working directory, or only etcd's
+        data and the generated certificates from one given to the constructor."""
+        for _, process in reversed(self._processes):
+            if process.poll() is None:
+                process.terminate()
+        for _, process in reversed(self._processes):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        elif self.dir is not None:
+            for name in ("etcd", "certs"):
+                shutil.rmtree(self.dir / name, ignore_errors=True)
+
+
+def _key_id(public_key: rsa.RSAPublicKey) -> str:
+    """kube-apiserver's key ID: unpadded base64url of the SHA-256 of the key's DER form."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
