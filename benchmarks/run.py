@@ -51,9 +51,9 @@ from werkzeug.test import EnvironBuilder
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.cache import ReviewCache
-from flask_bindcar.kube import ReviewOutcome
 from flask_bindcar.ratelimit import FailureLimiter, Limit
 from flask_bindcar.testing import FakeCluster
+from flask_bindcar.tokenreview import ReviewOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "bench" / "results.json"

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
 
+from flask_bindcar.apiserver import ApiServerClient
 from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
 from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
 from flask_bindcar.cache import CacheResult, ReviewCache
@@ -36,12 +37,12 @@ from flask_bindcar.errors import (
     RateLimited,
 )
 from flask_bindcar.identity import Identity
-from flask_bindcar.kube import KubeTokenReviewer, ReviewOutcome
 from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import APP_POLICY, ViewPolicy, authorize, identity_from_review
 from flask_bindcar.ratelimit import FailureLimiter
 from flask_bindcar.rbac import RBAC, Attributes
 from flask_bindcar.target import path_problem
+from flask_bindcar.tokenreview import ReviewOutcome
 
 logger = logging.getLogger("flask_bindcar")
 audit_logger = logging.getLogger("flask_bindcar.audit")
@@ -91,7 +92,7 @@ class Authenticator:
     def __init__(self, config: AuthConfig):
         self.config = config
         self._secret_digest = _digest(config.api_token) if config.api_token else None
-        self.reviewer: KubeTokenReviewer | None = None
+        self.reviewer: ApiServerClient | None = None
         self.cache: ReviewCache | None = None
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self._generic = config.error_detail == "generic"
@@ -103,7 +104,7 @@ class Authenticator:
             wait=min(DEFAULT_WAIT, config.review_timeout),
         )
         if config.mode == "tokenreview":
-            self.reviewer = KubeTokenReviewer(config)
+            self.reviewer = ApiServerClient(config)
             self.cache = ReviewCache(
                 ttl=config.cache_ttl,
                 failure_ttl=config.cache_failure_ttl,

@@ -7,7 +7,7 @@ the answer is cached, allowed and denied answers each for their own TTL. A revie
 made (API down, slow, failing, the bulkhead full) is `AuthzUnavailable`, a 503 that is never
 cached: it says nothing of the caller.
 
-The call goes through `KubeTokenReviewer.access_review`, so it has the TokenReview's client, its
+The call goes through `ApiServerClient.access_review`, so it has the TokenReview's client, its
 whole-call deadline, its answer cap, and its share of the same bulkhead.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from flask_bindcar.apiserver import ApiServerClient
 from flask_bindcar.bulkhead import Bulkhead
 from flask_bindcar.cache import FOLLOWER_GRACE, CacheResult
 from flask_bindcar.config import AuthConfig
@@ -36,9 +37,9 @@ from flask_bindcar.errors import (
     AuthzUnavailable,
 )
 from flask_bindcar.identity import Identity
-from flask_bindcar.kube import MAX_SERVER_TEXT, KubeTokenReviewer, log_unexpected, scrub
 from flask_bindcar.metrics import Metrics
 from flask_bindcar.rbac import Attributes
+from flask_bindcar.scrub import MAX_SERVER_TEXT, log_unexpected, scrub
 
 SAR_API_VERSION = "authorization.k8s.io/v1"
 NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview (Basic mode does not know who the caller is)"
@@ -174,7 +175,7 @@ class Authorizer:
     def __init__(
         self,
         config: AuthConfig,
-        reviewer: KubeTokenReviewer,
+        reviewer: ApiServerClient,
         bulkhead: Bulkhead,
         metrics: Metrics | None,
     ):

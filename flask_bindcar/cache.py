@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from flask_bindcar.errors import API_BAD_RESPONSE, API_UNREACHABLE, AuthError
-from flask_bindcar.kube import ReviewOutcome, log_unexpected
+from flask_bindcar.scrub import log_unexpected
+from flask_bindcar.tokenreview import ReviewOutcome
 
 CacheResult = Literal["hit", "miss", "shared", "stale"]
 Review = Callable[[str, Sequence[str]], ReviewOutcome]

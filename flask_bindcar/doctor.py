@@ -225,7 +225,7 @@ def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str
 def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[Check]:
     from kubernetes.client import VersionApi
 
-    from flask_bindcar.kube import ClientBuildError, KubeTokenReviewer, build_api_client, kubeconfig_path
+    from flask_bindcar.apiserver import ApiServerClient, ClientBuildError, build_api_client, kubeconfig_path
 
     try:
         api_client, source = build_api_client(config)
@@ -287,7 +287,7 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[C
     elif authorization is None:
         checks.append(Check("authorization permission", "skip", PER_VIEW_RBAC))
 
-    reviewer = KubeTokenReviewer(config)
+    reviewer = ApiServerClient(config)
     try:
         outcome, ms = _timed(lambda: reviewer.review(PROBE_TOKEN, config.audiences))
         verdict = "rejected, as it should be" if not outcome.authenticated else "ACCEPTED (unexpected)"
@@ -338,7 +338,7 @@ def _context(config: AuthConfig, source: str) -> str:
         return ""
     from kubernetes.config import list_kube_config_contexts
 
-    from flask_bindcar.kube import kubeconfig_path
+    from flask_bindcar.apiserver import kubeconfig_path
 
     try:
         _, active = list_kube_config_contexts(config_file=kubeconfig_path(config)[0])  # type: ignore[no-untyped-call]
@@ -427,10 +427,10 @@ def review(
             identity = Identity(method="shared-secret" if config.api_token else "basic")
             checks.append(Check(step, "pass", f"accepted ({identity.method})"))
         else:
-            from flask_bindcar.kube import KubeTokenReviewer
+            from flask_bindcar.apiserver import ApiServerClient
 
             step = "token review"
-            outcome, ms = _timed(lambda: KubeTokenReviewer(config).review(token, config.audiences))
+            outcome, ms = _timed(lambda: ApiServerClient(config).review(token, config.audiences))
             checks.append(
                 Check(
                     step,
@@ -477,9 +477,9 @@ def review(
 
 def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
     """The SubjectAccessReview a request to ``route`` meets; raises `AccessDenied` or `AuthzUnavailable`."""
+    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
     from flask_bindcar.bulkhead import Bulkhead
-    from flask_bindcar.kube import KubeTokenReviewer
 
     assert route.rbac is not None
     if config.mode != "tokenreview":
@@ -488,7 +488,7 @@ def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
         attributes = route.rbac.attributes(route.method, route.path, route.view_args)
     except KeyError as e:
         raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
-    authorizer = Authorizer(config, KubeTokenReviewer(config), Bulkhead(1), None)
+    authorizer = Authorizer(config, ApiServerClient(config), Bulkhead(1), None)
     (decision, _, ms) = authorizer.check(identity, attributes)
     return Check(
         "rbac",

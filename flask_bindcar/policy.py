@@ -19,8 +19,8 @@ from flask_bindcar.errors import (
     AuthError,
 )
 from flask_bindcar.identity import Identity, bound_fields, split_service_account
-from flask_bindcar.kube import ReviewOutcome
 from flask_bindcar.rbac import RBAC
+from flask_bindcar.tokenreview import ReviewOutcome
 
 GENERIC_REJECTION = "invalid bearer token"
 """kube-apiserver's ``status.error`` when no authenticator knows the token: it says no more than

@@ -172,7 +172,7 @@ def of_size(total: int) -> Reply:
 def test_the_cap_is_one_mebibyte_of_the_whole_answer_to_the_byte(
     api: HostileAPI, tmp_path: Path, over: int, expected: tuple[int, Any]
 ) -> None:
-    from flask_bindcar.kube import MAX_RESPONSE_BYTES
+    from flask_bindcar.transport import MAX_RESPONSE_BYTES
 
     reply = of_size(MAX_RESPONSE_BYTES + over)
     assert len(reply.raw) == MAX_RESPONSE_BYTES + over

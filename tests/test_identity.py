@@ -29,9 +29,9 @@ from flask_bindcar import (
     current_identity,
 )
 from flask_bindcar.authenticator import Authenticator
-from flask_bindcar.kube import ReviewOutcome
 from flask_bindcar.policy import identity_from_review
 from flask_bindcar.testing import API_AUDIENCE, FakeCluster, RealCluster
+from flask_bindcar.tokenreview import ReviewOutcome
 from tests.gunicorn_server import TARGETS
 
 if TYPE_CHECKING:

@@ -18,8 +18,10 @@ from kubernetes.config import incluster_config
 from flask_bindcar import AuthConfig, AuthError
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import API_BAD_RESPONSE
-from flask_bindcar.kube import MAX_SERVER_TEXT, call_api, parse_review, scrub
+from flask_bindcar.scrub import MAX_SERVER_TEXT, scrub
 from flask_bindcar.testing import FakeCluster
+from flask_bindcar.tokenreview import parse_review
+from flask_bindcar.transport import call_api
 from tests.conftest import WATCH, service_account, who
 from tests.hostile_api import AUTHENTICATED, HostileAPI, http_reply, token_review
 
@@ -230,7 +232,7 @@ def _api_exception(status: int | None) -> Exception:
 
 
 def _refused() -> Exception:
-    from flask_bindcar.kube import ResponseRefused
+    from flask_bindcar.transport import ResponseRefused
 
     return ResponseRefused("response larger than 1 MiB")
 
@@ -278,7 +280,7 @@ def test_an_unexpected_exception_of_the_client(caplog: pytest.LogCaptureFixture)
     headline, first, *rest, last = record.getMessage().split("\n")
     assert headline == "unexpected LookupError in the Kubernetes client"
     assert all(line.startswith("  ") for line in rest)  # frames as traceback prints them, nothing between
-    assert first.startswith('  File "') and os.path.join("flask_bindcar", "kube.py") + '", line ' in first
+    assert first.startswith('  File "') and os.path.join("flask_bindcar", "transport.py") + '", line ' in first
     assert last == "    raise raised"  # the stack, to the line that raised (in `failure_of`)
     assert text not in caplog.text
 
@@ -345,7 +347,7 @@ def test_without_a_token_to_scrub_the_error_is_kept_whole() -> None:
 
 
 def test_the_kube_trio_configures_the_client(fake_cluster: FakeCluster, tmp_path: Path) -> None:
-    from flask_bindcar.kube import build_api_client
+    from flask_bindcar.apiserver import build_api_client
 
     files = fake_cluster.incluster_files(tmp_path / "serviceaccount")
     environ = {
@@ -361,7 +363,7 @@ def test_the_kube_trio_configures_the_client(fake_cluster: FakeCluster, tmp_path
 
 @pytest.mark.parametrize("missing", ["KUBE_TOKEN_PATH", "KUBE_CA_CERT_PATH"])
 def test_a_missing_file_of_the_kube_trio_is_named(fake_cluster: FakeCluster, tmp_path: Path, missing: str) -> None:
-    from flask_bindcar.kube import ClientBuildError, build_api_client
+    from flask_bindcar.apiserver import ClientBuildError, build_api_client
 
     files = fake_cluster.incluster_files(tmp_path / "serviceaccount")
     environ = {
@@ -376,7 +378,7 @@ def test_a_missing_file_of_the_kube_trio_is_named(fake_cluster: FakeCluster, tmp
 
 
 def test_a_kubeconfig_list_uses_the_files_that_exist(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
-    from flask_bindcar.kube import build_api_client
+    from flask_bindcar.apiserver import build_api_client
 
     listed = os.pathsep.join([str(fake_kubeconfig.parent / "absent"), str(fake_kubeconfig)])  # as KUBECONFIG lists
     api_client, source = build_api_client(AuthConfig.load({"mode": "tokenreview"}, environ={"KUBECONFIG": listed}))
@@ -385,7 +387,7 @@ def test_a_kubeconfig_list_uses_the_files_that_exist(fake_cluster: FakeCluster, 
 
 def test_a_kubeconfig_yaml_cannot_even_read(tmp_path: Path) -> None:
     """A control character stops the YAML reader before any parsing: an error with no line to point at."""
-    from flask_bindcar.kube import ClientBuildError, build_api_client
+    from flask_bindcar.apiserver import ClientBuildError, build_api_client
 
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_bytes(b"apiVersion: v1\x00\n")
@@ -397,17 +399,17 @@ def test_a_kubeconfig_yaml_cannot_even_read(tmp_path: Path) -> None:
 def test_building_the_client_is_logged_with_its_source(
     fake_kubeconfig: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flask_bindcar.kube import KubeTokenReviewer
+    from flask_bindcar.apiserver import ApiServerClient
 
     absent = tmp_path / "absent"
     settings = {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}
     with caplog.at_level(logging.INFO, logger="flask_bindcar"):
-        built = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
+        built = ApiServerClient(AuthConfig.load(settings, environ={}))
         assert built.source is None  # nothing is built before the first review
         built.api()
         built.api()  # built once
         with pytest.raises(AuthError):
-            KubeTokenReviewer(AuthConfig.load({**settings, "kubeconfig": str(absent)}, environ={})).api()
+            ApiServerClient(AuthConfig.load({**settings, "kubeconfig": str(absent)}, environ={})).api()
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", f"Kubernetes client created from kubeconfig {fake_kubeconfig}"),
         ("ERROR", f"cannot create the Kubernetes client: kubeconfig {absent} does not exist"),

@@ -17,7 +17,7 @@ import pytest
 
 from flask_bindcar.cache import FOLLOWER_GRACE, ReviewCache, token_expiry
 from flask_bindcar.errors import API_BAD_RESPONSE, API_UNREACHABLE, AuthError
-from flask_bindcar.kube import ReviewOutcome
+from flask_bindcar.tokenreview import ReviewOutcome
 
 PREFIX = "Token validation failed: TokenReview API call failed: "
 AUDIENCES = ("bindcar",)
