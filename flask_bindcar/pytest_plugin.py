@@ -1,7 +1,10 @@
 """pytest fixtures for testing services protected by flask-bindcar (registered via ``pytest11``).
 
-Imports nothing beyond pytest until a fixture is used, so installing flask-bindcar costs other
-test suites nothing.
+``fake_cluster`` and ``fake_kubeconfig`` give the stand-in; ``real_cluster`` and
+``real_kubeconfig`` a real kube-apiserver, for tests marked ``cluster`` under ``pytest --cluster``;
+``any_cluster`` and ``any_kubeconfig`` run one test body on both: on the stand-in always, and on
+the real server too under ``pytest --cluster``. Imports nothing beyond pytest until a fixture is
+used, so installing flask-bindcar costs other test suites nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from flask_bindcar.testing import FakeCluster, RealCluster
+    from flask_bindcar.testing import Cluster, FakeCluster, RealCluster
 
 SKIP_REASON = "real kube-apiserver test: run with --cluster (make test-cluster builds the binaries with Go)"
 TESTING_EXTRA = (
@@ -85,3 +88,21 @@ def real_cluster() -> Iterator[RealCluster]:
 def real_kubeconfig(real_cluster: RealCluster, tmp_path: Path) -> Path:
     """A kubeconfig for `real_cluster`, presenting the app's own ServiceAccount token."""
     return real_cluster.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.cluster)])
+def any_cluster(request: pytest.FixtureRequest) -> Cluster:
+    """`fake_cluster`, then `real_cluster` (marked ``cluster``: only under ``pytest --cluster``).
+
+    A test that takes it runs once per cluster (``test_x[fake]``, ``test_x[real]``) through the
+    interface both share, `flask_bindcar.testing.Cluster`. The fake one is the test's own; the
+    real one is the session's, so use fresh namespace or account names on it.
+    """
+    cluster: Cluster = request.getfixturevalue(f"{request.param}_cluster")
+    return cluster
+
+
+@pytest.fixture
+def any_kubeconfig(any_cluster: Cluster, tmp_path: Path) -> Path:
+    """A kubeconfig for `any_cluster`, presenting the app's own token (it may review tokens)."""
+    return any_cluster.write_kubeconfig(tmp_path / "kubeconfig")

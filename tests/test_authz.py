@@ -1,8 +1,9 @@
 """Authorization by RBAC (issue 12): SubjectAccessReview per route, cached, through both adapters.
 
 The RBAC scenarios run on FakeCluster and on a real kube-apiserver (``--cluster``) from one
-table: `grant` writes the same permission as ``FakeCluster.allow`` or as a real Role (or
-ClusterRole) and binding. The real answers are the truth; FakeCluster follows them.
+table, through the plugin's ``any_cluster``: ``cluster.allow`` writes the same permission on both
+(a rule in FakeCluster, a real Role or ClusterRole and binding in RealCluster). The real answers
+are the truth; FakeCluster follows them.
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from flask_bindcar.authz import Decision, DecisionCache
 from flask_bindcar.bulkhead import Bulkhead
 from flask_bindcar.cache import FOLLOWER_GRACE
 from flask_bindcar.errors import API_OVERLOADED, API_UNREACHABLE, AuthzUnavailable, ConfigError
-from flask_bindcar.testing import FakeCluster, RealCluster
-from flask_bindcar.testing.real import ApiError
+from flask_bindcar.testing import Cluster, FakeCluster, RealCluster
 from tests.conftest import WATCH, in_forked_child
 from tests.gunicorn_server import TARGETS
 from tests.hostile_api import black_hole, pointed_at
 
-Cluster = FakeCluster | RealCluster
 GROUP = "bindcar.firestoned.io"
 SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 INSUFFICIENT = 'Bearer realm="bindcar", error="insufficient_scope"'
@@ -43,96 +42,6 @@ def shared_fake() -> Iterator[FakeCluster]:
     """One FakeCluster for the tests that only add state (fresh namespaces, rules): starting one costs."""
     with FakeCluster() as cluster:
         yield cluster
-
-
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.cluster)])
-def any_cluster(request: pytest.FixtureRequest) -> Cluster:
-    if request.param == "fake":
-        return request.getfixturevalue("shared_fake")  # type: ignore[no-any-return]
-    return request.getfixturevalue("real_cluster")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def kubeconfig(any_cluster: Cluster, tmp_path: Path) -> Path:
-    return any_cluster.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-# -- granting the same permission on both clusters ---------------------------------------------
-
-
-def _list(value: str | list[str] | None) -> list[str]:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def grant(
-    cluster: Cluster,
-    subject: str,
-    verb: str,
-    resource: str | None = None,
-    *,
-    group: str = "",
-    namespace: str | None = None,
-    name: str | list[str] | None = None,
-    path: str | None = None,
-    probe: dict[str, Any] | None = None,
-) -> str:
-    """Give ``subject`` (a ServiceAccount's username, a user or a group) a permission; the binding's name.
-
-    On a real cluster: a Role and RoleBinding in ``namespace``, or a ClusterRole and
-    ClusterRoleBinding, of the same name; then wait until RBAC answers ``probe`` (a SAR spec) yes.
-    """
-    binding = f"rbac-{uuid.uuid4().hex[:8]}"
-    if isinstance(cluster, FakeCluster):
-        cluster.allow(subject, verb, resource, group=group, namespace=namespace, name=name, path=path, binding=binding)
-        return binding
-    rule: dict[str, Any] = {"verbs": [verb]}
-    if path is not None:
-        rule["nonResourceURLs"] = [path]
-    else:
-        rule.update(apiGroups=[group], resources=[resource])
-        if name is not None:
-            rule["resourceNames"] = _list(name)
-    if subject.startswith("system:serviceaccount:"):
-        ns, sa = subject.removeprefix("system:serviceaccount:").split(":")
-        who: dict[str, str] = {"kind": "ServiceAccount", "name": sa, "namespace": ns}
-    elif subject.startswith(("system:serviceaccounts", "system:authenticated")):
-        who = {"kind": "Group", "name": subject, "apiGroup": "rbac.authorization.k8s.io"}
-    else:
-        who = {"kind": "User", "name": subject, "apiGroup": "rbac.authorization.k8s.io"}
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    role, kind = ("Role", "RoleBinding") if namespace else ("ClusterRole", "ClusterRoleBinding")
-    where = f"{rbac}/namespaces/{namespace}" if namespace else rbac
-    if namespace:
-        try:
-            cluster.api(
-                "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
-            )
-        except ApiError as e:
-            if e.status != 409:
-                raise
-    meta = {"name": binding}
-    cluster.api(
-        "POST",
-        f"{where}/{role.lower()}s",
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role, "metadata": meta, "rules": [rule]},
-    )
-    cluster.api(
-        "POST",
-        f"{where}/{kind.lower()}s",
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": kind,
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": binding},
-            "subjects": [who],
-        },
-    )
-    if probe is not None:
-        deadline = time.monotonic() + 10
-        while not sar(cluster, probe)["status"].get("allowed"):
-            assert time.monotonic() < deadline, f"RBAC did not grant {probe}"
-            time.sleep(0.05)
-    return binding
 
 
 def sar(cluster: Cluster, spec: dict[str, Any], caller: str | None = None) -> dict[str, Any]:
@@ -194,33 +103,31 @@ def _none(c: Cluster, s: Scene) -> str:
 
 
 def _zones_delete(c: Cluster, s: Scene) -> str:
-    return grant(c, s.user, "delete", "zones", group=GROUP, probe=s.spec(**ZONE))
+    return c.allow(s.user, "delete", "zones", group=GROUP).binding
 
 
 def _zones_named(c: Cluster, s: Scene) -> str:
-    return grant(c, s.user, "delete", "zones", group=GROUP, name="example.com", probe=s.spec(**ZONE))
+    return c.allow(s.user, "delete", "zones", group=GROUP, name="example.com").binding
 
 
 def _in_namespace(c: Cluster, s: Scene) -> str:
-    probe = s.spec(**ZONE, namespace=s.ns)
-    return grant(c, s.user, "delete", "zones", group=GROUP, namespace=s.ns, probe=probe)
+    return c.allow(s.user, "delete", "zones", group=GROUP, namespace=s.ns).binding
 
 
 def _to_group(c: Cluster, s: Scene) -> str:
-    return grant(c, f"system:serviceaccounts:{s.ns}", "delete", "zones", group=GROUP, probe=s.spec(**ZONE))
+    return c.allow(f"system:serviceaccounts:{s.ns}", "delete", "zones", group=GROUP).binding
 
 
 def _all_resources(c: Cluster, s: Scene) -> str:
-    return grant(c, s.user, "delete", "*", group=GROUP, probe=s.spec(**ZONE))
+    return c.allow(s.user, "delete", "*", group=GROUP).binding
 
 
 def _any_status(c: Cluster, s: Scene) -> str:
-    probe = s.spec(verb="update", group=GROUP, resource="zones", subresource="status")
-    return grant(c, s.user, "update", "*/status", group=GROUP, probe=probe)
+    return c.allow(s.user, "update", "*/status", group=GROUP).binding
 
 
 def _path_prefix(c: Cluster, s: Scene) -> str:
-    return grant(c, s.user, "get", path="/zones/*", probe=s.spec(path="/zones/example.com", verb="get"))
+    return c.allow(s.user, "get", path="/zones/*").binding
 
 
 def _allowed(reason: str) -> dict[str, Any]:
@@ -337,14 +244,14 @@ def call(client: Client, token: str, method: str = "DELETE", path: str = "/zones
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_allowed_sends_exactly_the_callers_attributes(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+def test_allowed_sends_exactly_the_callers_attributes(any_cluster: Cluster, any_kubeconfig: Path, adapter: str) -> None:
     s = scene(any_cluster)
     pod = f"pod-{uuid.uuid4().hex[:6]}"
     token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"], pod=pod)
-    grant(any_cluster, s.user, "delete", "zones", group=GROUP, name="example.com", probe=s.spec(**ZONE))
+    any_cluster.allow(s.user, "delete", "zones", group=GROUP, name="example.com")
     seen = len(any_cluster.access_reviews) if isinstance(any_cluster, FakeCluster) else 0
 
-    response = call(ADAPTERS[adapter](kubeconfig), token)
+    response = call(ADAPTERS[adapter](any_kubeconfig), token)
 
     assert response.status_code == 200
     if isinstance(any_cluster, FakeCluster):
@@ -366,11 +273,11 @@ def test_allowed_sends_exactly_the_callers_attributes(any_cluster: Cluster, kube
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_denied_is_403_with_insufficient_scope(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+def test_denied_is_403_with_insufficient_scope(any_cluster: Cluster, any_kubeconfig: Path, adapter: str) -> None:
     s = scene(any_cluster)
     token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
 
-    response = call(ADAPTERS[adapter](kubeconfig), token)
+    response = call(ADAPTERS[adapter](any_kubeconfig), token)
 
     assert response.status_code == 403
     assert response.json == {"error": f'Forbidden: {s.user} cannot delete zones.{GROUP} "example.com"'}
@@ -379,11 +286,11 @@ def test_denied_is_403_with_insufficient_scope(any_cluster: Cluster, kubeconfig:
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_path_authorization(any_cluster: Cluster, kubeconfig: Path, adapter: str) -> None:
+def test_path_authorization(any_cluster: Cluster, any_kubeconfig: Path, adapter: str) -> None:
     s = scene(any_cluster)
     token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
-    grant(any_cluster, s.user, "delete", path="/zones/*", probe=s.spec(path="/zones/example.com", verb="delete"))
-    client = ADAPTERS[adapter](kubeconfig, rbac=RBAC(path=True))
+    any_cluster.allow(s.user, "delete", path="/zones/*")
+    client = ADAPTERS[adapter](any_kubeconfig, rbac=RBAC(path=True))
 
     assert call(client, token).status_code == 200
     denied = call(client, token, method="GET")
@@ -722,12 +629,12 @@ def test_audit_record_and_metrics(
 
 @pytest.mark.parametrize("flavor", list(TARGETS))
 def test_gunicorn_path_authorization(
-    any_cluster: Cluster, kubeconfig: Path, serve: Callable[..., Any], flavor: str
+    any_cluster: Cluster, any_kubeconfig: Path, serve: Callable[..., Any], flavor: str
 ) -> None:
     s = scene(any_cluster)
     token = any_cluster.token(s.ns, s.sa, audiences=["bindcar"])
-    grant(any_cluster, s.user, "get", path="/zones", probe=s.spec(path="/zones", verb="get"))
-    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(kubeconfig), "BIND_AUTHZ": "path"}
+    any_cluster.allow(s.user, "get", path="/zones")
+    env = {"BIND_AUTH_MODE": "tokenreview", "KUBECONFIG": str(any_kubeconfig), "BIND_AUTHZ": "path"}
     with serve(TARGETS[flavor], env) as url:
         headers = {"Authorization": f"Bearer {token}"}
         allowed = requests.get(f"{url}/zones", headers=headers, timeout=10)
@@ -822,7 +729,7 @@ def test_flask_cli_review_resolves_the_views_rbac(fake: FakeCluster, fake_kc: Pa
 
 
 def test_example_delete_is_guarded_by_the_deployed_rbac(
-    any_cluster: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    any_cluster: Cluster, any_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from example_app.app import create_app
     from flask_bindcar.doctor import auth_delegator_yaml
@@ -830,7 +737,7 @@ def test_example_delete_is_guarded_by_the_deployed_rbac(
     manifest = (Path(__file__).parent.parent / "example_app" / "deploy" / "rbac-zones.yaml").read_text()
     assert manifest.endswith(auth_delegator_yaml("dns-system", "bindcar"))
     monkeypatch.setenv("BIND_AUTH_MODE", "tokenreview")
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(any_kubeconfig))
     monkeypatch.setenv("ZONE_AUTHZ", "rbac")
     client = Client(create_app(tmp_path / "zones"))
     token = any_cluster.token("dns-system", "external-dns", audiences=["bindcar"])
@@ -1099,9 +1006,9 @@ def test_a_denials_review_reason_is_logged_never_answered(tmp_path: Path, caplog
 
 
 def test_the_authorization_api_is_the_per_process_client(fake: FakeCluster, fake_kc: Path) -> None:
-    from flask_bindcar.apiserver import ApiServerClient
+    from flask_bindcar.kube import KubeTokenReviewer
 
-    reviewer = ApiServerClient(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    reviewer = KubeTokenReviewer(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
     authz = reviewer.authorization_api()
     assert authz.api_client is reviewer.api().api_client
     assert reviewer.authorization_api() is authz
@@ -1122,13 +1029,13 @@ def test_a_subjectaccessreview_to_a_server_that_never_accepts_ends_at_the_timeou
     fake: FakeCluster, tmp_path: Path
 ) -> None:
     """A black hole: only the client's own connect timeout ends that wait; the deadline bounds the rest."""
-    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authz import _unavailable
+    from flask_bindcar.kube import KubeTokenReviewer
 
     with black_hole() as server:
         kubeconfig = pointed_at(fake.write_kubeconfig(tmp_path / "kubeconfig"), server)
         settings = {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}
-        reviewer = ApiServerClient(AuthConfig.load(settings, environ={}))
+        reviewer = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
         started = time.monotonic()
         with pytest.raises(AuthzUnavailable) as info:
             reviewer.access_review({"spec": {"user": "someone"}}, _unavailable)
@@ -1302,9 +1209,9 @@ def test_a_review_that_ends_without_an_answer(
 
 
 def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, tmp_path: Path) -> None:
-    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
+    from flask_bindcar.kube import KubeTokenReviewer
 
     _, token = new_caller(fake)
     identity = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
@@ -1314,7 +1221,7 @@ def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, 
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
 
     slots = Bulkhead(1, wait=0)
-    authorizer = Authorizer(config, ApiServerClient(config), slots, None)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(who, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = f"Invalid kube-config file. Expected key current-context in {broken}"
@@ -1327,10 +1234,9 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
     fake: FakeCluster, fake_kc: Path, tmp_path: Path
 ) -> None:
     """Whatever an outage's text holds (here a client error quoting a long path), the 503 stays bounded."""
-    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
-    from flask_bindcar.scrub import MAX_SERVER_TEXT
+    from flask_bindcar.kube import MAX_SERVER_TEXT, KubeTokenReviewer
 
     _, token = new_caller(fake)
     who = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
@@ -1340,7 +1246,7 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
     broken = deep / "kubeconfig"
     broken.write_text("{}\n")
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
-    authorizer = Authorizer(config, ApiServerClient(config), Bulkhead(1), None)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), Bulkhead(1), None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = "Failed to create Kubernetes client: ConfigException: "
@@ -1350,16 +1256,16 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
 
 
 def test_a_full_bulkhead_asks_nothing_and_is_api_overloaded(fake: FakeCluster, fake_kc: Path) -> None:
-    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
+    from flask_bindcar.kube import KubeTokenReviewer
 
     _, token = new_caller(fake)
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc), "review_max_inflight": 1}, environ={})
     identity = Authenticator(config).authenticate(f"Bearer {token}")
     bulkhead = Bulkhead(1, wait=0)
     assert bulkhead.acquire(None)  # a TokenReview holds the only slot
-    authorizer = Authorizer(config, ApiServerClient(config), bulkhead, None)
+    authorizer = Authorizer(config, KubeTokenReviewer(config), bulkhead, None)
     before = fake.access_review_requests
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
