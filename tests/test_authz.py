@@ -1006,9 +1006,9 @@ def test_a_denials_review_reason_is_logged_never_answered(tmp_path: Path, caplog
 
 
 def test_the_authorization_api_is_the_per_process_client(fake: FakeCluster, fake_kc: Path) -> None:
-    from flask_bindcar.kube import KubeTokenReviewer
+    from flask_bindcar.apiserver import ApiServerClient
 
-    reviewer = KubeTokenReviewer(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
+    reviewer = ApiServerClient(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
     authz = reviewer.authorization_api()
     assert authz.api_client is reviewer.api().api_client
     assert reviewer.authorization_api() is authz
@@ -1029,13 +1029,13 @@ def test_a_subjectaccessreview_to_a_server_that_never_accepts_ends_at_the_timeou
     fake: FakeCluster, tmp_path: Path
 ) -> None:
     """A black hole: only the client's own connect timeout ends that wait; the deadline bounds the rest."""
+    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authz import _unavailable
-    from flask_bindcar.kube import KubeTokenReviewer
 
     with black_hole() as server:
         kubeconfig = pointed_at(fake.write_kubeconfig(tmp_path / "kubeconfig"), server)
         settings = {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "review_timeout": 0.5}
-        reviewer = KubeTokenReviewer(AuthConfig.load(settings, environ={}))
+        reviewer = ApiServerClient(AuthConfig.load(settings, environ={}))
         started = time.monotonic()
         with pytest.raises(AuthzUnavailable) as info:
             reviewer.access_review({"spec": {"user": "someone"}}, _unavailable)
@@ -1209,9 +1209,9 @@ def test_a_review_that_ends_without_an_answer(
 
 
 def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, tmp_path: Path) -> None:
+    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
-    from flask_bindcar.kube import KubeTokenReviewer
 
     _, token = new_caller(fake)
     identity = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
@@ -1221,7 +1221,7 @@ def test_a_client_that_cannot_be_built_is_503(fake: FakeCluster, fake_kc: Path, 
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
 
     slots = Bulkhead(1, wait=0)
-    authorizer = Authorizer(config, KubeTokenReviewer(config), slots, None)
+    authorizer = Authorizer(config, ApiServerClient(config), slots, None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(who, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = f"Invalid kube-config file. Expected key current-context in {broken}"
@@ -1234,9 +1234,10 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
     fake: FakeCluster, fake_kc: Path, tmp_path: Path
 ) -> None:
     """Whatever an outage's text holds (here a client error quoting a long path), the 503 stays bounded."""
+    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
-    from flask_bindcar.kube import MAX_SERVER_TEXT, KubeTokenReviewer
+    from flask_bindcar.scrub import MAX_SERVER_TEXT
 
     _, token = new_caller(fake)
     who = Authenticator(AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc)}, environ={}))
@@ -1246,7 +1247,7 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
     broken = deep / "kubeconfig"
     broken.write_text("{}\n")
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(broken)}, environ={})
-    authorizer = Authorizer(config, KubeTokenReviewer(config), Bulkhead(1), None)
+    authorizer = Authorizer(config, ApiServerClient(config), Bulkhead(1), None)
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
     why = "Failed to create Kubernetes client: ConfigException: "
@@ -1256,16 +1257,16 @@ def test_an_unavailable_reason_is_cut_at_twice_the_server_text_limit(
 
 
 def test_a_full_bulkhead_asks_nothing_and_is_api_overloaded(fake: FakeCluster, fake_kc: Path) -> None:
+    from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.authenticator import Authenticator
     from flask_bindcar.authz import Authorizer
-    from flask_bindcar.kube import KubeTokenReviewer
 
     _, token = new_caller(fake)
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kc), "review_max_inflight": 1}, environ={})
     identity = Authenticator(config).authenticate(f"Bearer {token}")
     bulkhead = Bulkhead(1, wait=0)
     assert bulkhead.acquire(None)  # a TokenReview holds the only slot
-    authorizer = Authorizer(config, KubeTokenReviewer(config), bulkhead, None)
+    authorizer = Authorizer(config, ApiServerClient(config), bulkhead, None)
     before = fake.access_review_requests
     with pytest.raises(AuthzUnavailable) as info:
         authorizer.check(identity, ZONE_RBAC.attributes("DELETE", "/zones/x", {"name": "x"}))
