@@ -14,21 +14,17 @@ whole-call deadline, its answer cap, and its share of the same bulkhead.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from flask_bindcar.apiserver import ApiServerClient
 from flask_bindcar.bulkhead import Bulkhead
-from flask_bindcar.cache import FOLLOWER_GRACE, CacheResult
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.errors import (
     API_BAD_RESPONSE,
     API_OVERLOADED,
-    API_UNREACHABLE,
     FORBIDDEN,
     OVERLOADED,
     OVERLOADED_CALLER,
@@ -36,10 +32,11 @@ from flask_bindcar.errors import (
     AuthError,
     AuthzUnavailable,
 )
+from flask_bindcar.flight import CacheResult, Kept, SingleFlightCache
 from flask_bindcar.identity import Identity
 from flask_bindcar.metrics import Metrics
 from flask_bindcar.rbac import Attributes
-from flask_bindcar.scrub import MAX_SERVER_TEXT, log_unexpected, scrub
+from flask_bindcar.scrub import MAX_SERVER_TEXT, scrub
 
 SAR_API_VERSION = "authorization.k8s.io/v1"
 NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview (Basic mode does not know who the caller is)"
@@ -89,80 +86,39 @@ def subject(identity: Identity) -> dict[str, Any]:
     return spec
 
 
-class _Flight:
-    __slots__ = ("decision", "done", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.decision: Decision | None = None
-        self.error: AuthzUnavailable | None = None
-
-
-class DecisionCache:
+class DecisionCache(SingleFlightCache[Callable[[], Decision], Decision, AuthzUnavailable]):
     """Bounded LRU of decisions by (caller, attributes), allowed and denied for their own TTLs,
     with single flight: concurrent identical questions share one review. Outages are not stored.
 
     A request waiting on another's review waits ``wait_timeout`` (the review's bound) plus
-    `FOLLOWER_GRACE`, as the TokenReview cache's waiters do: every request that shared a review
-    gets its answer or its error, even its timeout.
+    `FOLLOWER_GRACE`, as the TokenReview cache's waiters do (both are a
+    `~flask_bindcar.flight.SingleFlightCache`): every request that shared a review gets its answer
+    or its error, even its timeout.
     """
 
     def __init__(self, *, allowed_ttl: float, denied_ttl: float, max_size: int, wait_timeout: float):
+        super().__init__(
+            max_size=max_size,
+            wait_timeout=wait_timeout,
+            errors=AuthzUnavailable,
+            failed=_unavailable,
+            what="a SubjectAccessReview",
+        )
         self.allowed_ttl = allowed_ttl
         self.denied_ttl = denied_ttl
-        self.max_size = max_size
-        self.wait_timeout = wait_timeout
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, tuple[Decision, float]] = OrderedDict()
-        self._flights: dict[Hashable, _Flight] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    get_or_review = SingleFlightCache.get_or_lead
+    """``get_or_review(key, review)``: the decision kept for ``key``, or ``review()``'s, shared."""
 
-    def get_or_review(self, key: Hashable, review: Callable[[], Decision]) -> tuple[Decision, CacheResult]:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if now < entry[1]:
-                    self._entries.move_to_end(key)
-                    return entry[0], "hit"
-                del self._entries[key]
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            wait = self.wait_timeout + FOLLOWER_GRACE  # past the review's bound: its error, even a timeout, comes first
-            if not flight.done.wait(wait):
-                raise _unavailable(f"no answer within {wait:g}s", API_UNREACHABLE)
-            if flight.error is not None:
-                raise flight.error
-            if flight.decision is None:  # the leader was stopped by a BaseException (a killed greenlet)
-                raise _unavailable("the review was abandoned", API_UNREACHABLE)
-            return flight.decision, "shared"
-        try:
-            decision = review()
-            flight.decision = decision
-            ttl = self.allowed_ttl if decision.allowed else self.denied_ttl
-            if ttl > 0:
-                with self._lock:
-                    self._entries[key] = (decision, time.monotonic() + ttl)
-                    self._entries.move_to_end(key)
-                    while len(self._entries) > self.max_size:
-                        self._entries.popitem(last=False)
-            return decision, "miss"
-        except AuthzUnavailable as e:
-            flight.error = e
-            raise
-        except Exception as e:
-            log_unexpected("a SubjectAccessReview", e)
-            flight.error = _unavailable(type(e).__name__, API_BAD_RESPONSE)
-            raise flight.error from None
-        finally:
-            with self._lock:
-                self._flights.pop(key, None)
-            flight.done.set()
+    def _lead(
+        self, key: Hashable, question: Callable[[], Decision], kept: Kept[Decision] | None
+    ) -> tuple[Decision, CacheResult]:
+        """One SubjectAccessReview, its answer kept for its own TTL (allowed or denied; 0 keeps nothing)."""
+        decision = question()
+        ttl = self.allowed_ttl if decision.allowed else self.denied_ttl
+        if ttl > 0:
+            self.keep(key, decision, time.monotonic() + ttl)
+        return decision, "miss"
 
 
 class Authorizer:

@@ -5,9 +5,10 @@ and a memory dump does not help guess one. Entries live ``min(TTL, exp - now)``,
 from the token's unverified payload only ever to *shorten* a lifetime; definitive "not
 authenticated" outcomes live the failure TTL; failures to get an answer are never stored. The
 size is bounded, least recently used evicted first. Concurrent requests for one uncached token
-share a single review (single flight). With a stale window (``BIND_TOKEN_CACHE_STALE_TTL``), a
-successful review is kept past its TTL and reused, for at most that long after it was made and
-never past the token's ``exp``, when the API server is unreachable or fails.
+share a single review (single flight: a `~flask_bindcar.flight.SingleFlightCache`, as the
+authorization cache is). With a stale window (``BIND_TOKEN_CACHE_STALE_TTL``), a successful review
+is kept past its TTL and reused, for at most that long after it was made and never past the
+token's ``exp``, when the API server is unreachable or fails.
 """
 
 from __future__ import annotations
@@ -19,23 +20,15 @@ import hashlib
 import json
 import math
 import secrets
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Hashable, Sequence
 
-from flask_bindcar.errors import API_BAD_RESPONSE, API_UNREACHABLE, AuthError
-from flask_bindcar.scrub import log_unexpected
+from flask_bindcar.errors import AuthError
+from flask_bindcar.flight import CacheResult as CacheResult  # re-exported: what callers of the cache name
+from flask_bindcar.flight import Kept, SingleFlightCache
 from flask_bindcar.tokenreview import ReviewOutcome
 
-CacheResult = Literal["hit", "miss", "shared", "stale"]
 Review = Callable[[str, Sequence[str]], ReviewOutcome]
-
-FOLLOWER_GRACE = 1.0
-"""Seconds a request waiting on another's review waits past that review's own bound
-(``wait_timeout``): the leader's answer or error, even a timeout, reaches the waiters before
-their own wait ends, so every request that shared a review gets the same answer."""
 
 
 def token_expiry(token: str) -> float | None:
@@ -97,42 +90,22 @@ def _frames(parts: tuple[str, ...]) -> bytes:
     return b"".join(_length(data) + data for data in (p.encode() for p in parts))
 
 
-class _Entry:
-    __slots__ = ("fresh_until", "outcome", "stale_until")
-
-    def __init__(self, outcome: ReviewOutcome, fresh_until: float, stale_until: float):
-        self.outcome = outcome
-        self.fresh_until = fresh_until
-        self.stale_until = stale_until
+def _failed(why: str, reason: str) -> AuthError:
+    return AuthError.api_call_failed(why, reason=reason)
 
 
-class _Flight:
-    __slots__ = ("done", "error", "outcome", "result")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.outcome: ReviewOutcome | None = None
-        self.result: CacheResult = "shared"
-        self.error: AuthError | None = None
-
-
-class ReviewCache:
+class ReviewCache(SingleFlightCache[tuple[str, Sequence[str], Review], ReviewOutcome, AuthError]):
     """Thread-safe TTL + LRU cache of TokenReview outcomes with single flight and stale-if-error."""
 
     def __init__(self, *, ttl: float, failure_ttl: float, max_size: int, wait_timeout: float, stale_ttl: float = 0):
         """``wait_timeout`` is how long one review may take (``BIND_TOKEN_REVIEW_TIMEOUT``)."""
+        super().__init__(
+            max_size=max_size, wait_timeout=wait_timeout, errors=AuthError, failed=_failed, what="a TokenReview"
+        )
         self.ttl = ttl
         self.failure_ttl = failure_ttl
         self.stale_ttl = stale_ttl
-        self.max_size = max_size
-        self.wait_timeout = wait_timeout
         self._mac = HmacSha256(secrets.token_bytes(32))
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._flights: dict[bytes, _Flight] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def key(self, token: str, audiences: Sequence[str]) -> bytes:
         """HMAC over the token and the audiences, each length-prefixed so no two inputs collide.
@@ -152,56 +125,23 @@ class ReviewCache:
         exception of the review becomes a bad-response `AuthError`, shared the same way: a bug in
         reading an answer is a 401, never a 500, and never an outcome in the cache.
         """
-        key = self.key(token, audiences)
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if now < entry.fresh_until:
-                    self._entries.move_to_end(key)
-                    return entry.outcome, "hit"
-                if now >= entry.stale_until:
-                    del self._entries[key]
-                    entry = None
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
+        return self.get_or_lead(self.key(token, audiences), (token, audiences, review))
 
-        if not leader:
-            wait = self.wait_timeout + FOLLOWER_GRACE
-            if not flight.done.wait(wait):
-                raise AuthError.api_call_failed(f"no answer within {wait:g}s", reason=API_UNREACHABLE)
-            if flight.error is not None:
-                raise flight.error
-            if flight.outcome is None:  # the leader was stopped by a BaseException (a killed greenlet)
-                raise AuthError.api_call_failed("the review was abandoned", reason=API_UNREACHABLE)
-            return flight.outcome, flight.result
-
+    def _lead(
+        self, key: Hashable, question: tuple[str, Sequence[str], Review], kept: Kept[ReviewOutcome] | None
+    ) -> tuple[ReviewOutcome, CacheResult]:
+        """One review; when the API server is out (a transient error), the kept outcome if still in its stale window."""
+        token, audiences, review = question
         try:
-            try:
-                outcome = review(token, audiences)
-            except AuthError as e:
-                if not (e.transient and entry is not None and time.monotonic() < entry.stale_until):
-                    raise
-                flight.outcome, flight.result = entry.outcome, "stale"
-                return entry.outcome, "stale"
-            flight.outcome, flight.result = outcome, "shared"
-            self._store(key, outcome, token)
-            return outcome, "miss"
+            outcome = review(token, audiences)
         except AuthError as e:
-            flight.error = e
-            raise
-        except Exception as e:
-            log_unexpected("a TokenReview", e)
-            flight.error = AuthError.api_call_failed(type(e).__name__, reason=API_BAD_RESPONSE)
-            raise flight.error from None
-        finally:
-            with self._lock:
-                self._flights.pop(key, None)
-            flight.done.set()
+            if not (e.transient and kept is not None and time.monotonic() < kept.stale_until):
+                raise
+            return kept.value, "stale"
+        self._store(key, outcome, token)
+        return outcome, "miss"
 
-    def _store(self, key: bytes, outcome: ReviewOutcome, token: str) -> None:
+    def _store(self, key: Hashable, outcome: ReviewOutcome, token: str) -> None:
         now = time.monotonic()
         if outcome.authenticated:
             fresh, stale = self.ttl, self.stale_ttl
@@ -213,9 +153,4 @@ class ReviewCache:
             fresh, stale = self.failure_ttl, 0.0
         if fresh <= 0 and stale <= 0:
             return
-        entry = _Entry(outcome, now + fresh, now + max(fresh, stale))
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_size:
-                self._entries.popitem(last=False)
+        self.keep(key, outcome, now + fresh, now + max(fresh, stale))

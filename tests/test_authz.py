@@ -24,8 +24,8 @@ from werkzeug.test import Client
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth, BindcarMiddleware, auth_required, current_identity
 from flask_bindcar.authz import Decision, DecisionCache
 from flask_bindcar.bulkhead import Bulkhead
-from flask_bindcar.cache import FOLLOWER_GRACE
 from flask_bindcar.errors import API_OVERLOADED, API_UNREACHABLE, AuthzUnavailable, ConfigError
+from flask_bindcar.flight import FOLLOWER_GRACE
 from flask_bindcar.testing import Cluster, FakeCluster, RealCluster
 from tests.conftest import WATCH, in_forked_child
 from tests.gunicorn_server import TARGETS

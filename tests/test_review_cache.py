@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from flask_bindcar.cache import FOLLOWER_GRACE, ReviewCache, token_expiry
+from flask_bindcar.cache import ReviewCache, token_expiry
 from flask_bindcar.errors import API_BAD_RESPONSE, API_UNREACHABLE, AuthError
+from flask_bindcar.flight import FOLLOWER_GRACE
 from flask_bindcar.tokenreview import ReviewOutcome
 
 PREFIX = "Token validation failed: TokenReview API call failed: "
