@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.doctor import Route, doctor, review
+from flask_bindcar.doctor import doctor
 from flask_bindcar.errors import ConfigError
+from flask_bindcar.review import Route, review
 
 
 def run_doctor(config: AuthConfig, as_json: bool, threads: int | None = None, authorization: bool | None = None) -> int:

@@ -1,9 +1,12 @@
 """The admission chain, in one place: `Authenticator.admit`.
 
 Method and path, rate limit, header, Basic or TokenReview, the app's allowlists and pod binding,
-the view's policy, RBAC. The Flask extension and the WSGI middleware only hand a request in and
-take an `Identity` or a `BindcarError` out. Every decision is logged once on
-``flask_bindcar.audit`` and counted in the metrics.
+the view's policy, RBAC. The Flask guard, ``@auth_required``, the WSGI middleware, ``review`` and
+the CLI all call `Authenticator.admit`: they hand a request in and take an `Identity` or a
+`BindcarError` out. Every decision is written down once by the `Recorder`
+(`flask_bindcar.audit`): its log line, its audit record, its counters. An optional `Trace`
+collects each step and what it found, for ``review``; without one the hot path makes no
+per-step objects.
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flask_bindcar.apiserver import ApiServerClient
+from flask_bindcar.audit import Recorder, Where
 from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
 from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
-from flask_bindcar.cache import CacheResult, ReviewCache
+from flask_bindcar.cache import ReviewCache
 from flask_bindcar.config import FAILURE_LIMIT_WARNING, AuthConfig
 from flask_bindcar.credentials import bearer_token, check_token_format
 from flask_bindcar.errors import (
@@ -45,7 +47,6 @@ from flask_bindcar.target import path_problem
 from flask_bindcar.tokenreview import ReviewOutcome
 
 logger = logging.getLogger("flask_bindcar")
-audit_logger = logging.getLogger("flask_bindcar.audit")
 
 BASIC_WARNING = (
     "flask-bindcar is in Basic mode without BIND_API_TOKEN: any well-formed bearer token is accepted "
@@ -63,41 +64,47 @@ BASIC_IDENTITY = Identity(method="basic")
 SHARED_SECRET_IDENTITY = Identity(method="shared-secret")
 
 
-@dataclass
-class AuditRecord:
-    """One authentication decision, as written to ``flask_bindcar.audit`` (never the token)."""
+class Trace:
+    """The steps one admission went through, in order, and what each found: for ``review``.
 
-    time: str
-    remote_addr: str | None
-    method: str | None
-    path: str | None
-    result: str
-    """``allow``, ``deny`` or ``rate_limited``; for an authorization, ``unavailable`` too."""
-    reason: str | None = None
-    message: str | None = None
-    username: str | None = None
-    auth_method: str | None = None
-    cache: CacheResult | None = None
-    review_latency_ms: float | None = None
-    authorization: dict[str, Any] | None = None
-    """Set on the record of an RBAC decision: the verb, the attributes, the decision and the
-    SubjectAccessReview's ``status.reason``."""
-    pod_name: str | None = None
-    """The pod the caller's token is bound to, when it is."""
+    `enter` names the step about to run; `found` records what it found. A step entered and not
+    found is the one that refused (the `BindcarError` raised says why).
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, dict[str, Any] | None]] = []
+
+    def enter(self, step: str) -> None:
+        self.steps.append((step, None))
+
+    def found(self, **facts: Any) -> None:
+        step, _ = self.steps[-1]
+        self.steps[-1] = (step, facts)
+
+    @property
+    def failed_step(self) -> str | None:
+        """The step that refused, when the last one entered found nothing."""
+        if self.steps and self.steps[-1][1] is None:
+            return self.steps[-1][0]
+        return None
 
 
 class Authenticator:
-    """Authenticates ``Authorization`` header values according to an `AuthConfig`."""
+    """Admits requests according to an `AuthConfig`: `admit` runs the whole chain.
 
-    def __init__(self, config: AuthConfig):
+    ``recorder`` writes each decision down (default: logs, audit records and the process's
+    metrics); ``announce`` logs the configuration and its posture warnings once, at startup.
+    """
+
+    def __init__(self, config: AuthConfig, *, recorder: Recorder | None = None, announce: bool = True):
         self.config = config
         self._secret_digest = _digest(config.api_token) if config.api_token else None
         self.reviewer: ApiServerClient | None = None
         self.cache: ReviewCache | None = None
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self._generic = config.error_detail == "generic"
-        self.metrics = get_metrics()
-        self._cache_labels = {r: ("hit" if r == "shared" else r,) for r in get_args(CacheResult)}
+        self.recorder = recorder if recorder is not None else Recorder(get_metrics())
+        self.metrics = self.recorder.metrics
         self.bulkhead = Bulkhead(
             config.review_max_inflight,
             config.review_max_inflight_per_caller or default_share(config.review_max_inflight),
@@ -115,6 +122,11 @@ class Authenticator:
         self.authorizer = (
             Authorizer(config, self.reviewer, self.bulkhead, self.metrics) if self.reviewer is not None else None
         )
+        if announce:
+            self._announce()
+
+    def _announce(self) -> None:
+        config = self.config
         logger.info("flask-bindcar configuration: %s", json.dumps(config.describe(), sort_keys=True))
         if config.mode == "basic" and self._secret_digest is None:
             logger.warning(BASIC_WARNING)
@@ -133,37 +145,35 @@ class Authenticator:
         remote_addr: str | None = None,
         view_args: Mapping[str, Any] | None = None,
         policy: ViewPolicy = APP_POLICY,
+        trace: Trace | None = None,
     ) -> Identity:
         """The whole admission chain for one request; the caller, or the `BindcarError` to answer.
 
-        In this order: the method (405) and, under path authorization, the path (400); the
-        failure limit (429); the header; Basic or TokenReview; the app's allowlists and pod
-        binding; the view's own ``policy``; RBAC, the view's rules or the app's (403, 503).
+        In this order, each step a line:
+
+        1. the method (405) and, under path authorization, the path (400): `check_target`;
+        2. the failure limit (429), the header, Basic or TokenReview, the app's allowlists and
+           pod binding (401): `authenticate`;
+        3. the view's own ``policy``: its allowlists and pod binding (401): `authorize`;
+        4. RBAC, the view's rules or the app's (403, 503): `check_access`.
+
         ``path`` is ``PATH_INFO`` as the application receives it, ``raw_path`` the path as the
         client wrote it (`flask_bindcar.target.raw_path`). ``view_args`` are the matched route's
-        (None when no route matched: rules that name view arguments then wait for the 404).
+        (None when no route matched: rules that name view arguments then leave the URL to its
+        404). ``trace`` collects each step for ``review``.
         """
+        where: Where = (remote_addr, method, path)
         rules = policy.rbac or self.config.rbac
-        self.check_target(method, path, raw_path, rules, remote_addr)
-        identity = self.authenticate(header, remote_addr=remote_addr, method=method, path=path)
+        self.check_target(method, path, raw_path, rules, where)
+        identity = self.authenticate(header, where=where, trace=trace)
         if policy.narrows:
-            self.authorize(
-                identity,
-                namespaces=policy.namespaces,
-                service_accounts=policy.service_accounts,
-                require_pod=policy.require_pod,
-                remote_addr=remote_addr,
-                method=method,
-                path=path,
-            )
+            self.authorize(identity, policy, where, trace)
         if rules is not None and (view_args is not None or not rules.view_args):
-            self.check_access(
-                identity, rules, method=method, path=path or "/", view_args=view_args, remote_addr=remote_addr
-            )
+            self.check_access(identity, rules, method, path or "/", view_args, where, trace)
         return identity
 
     def check_target(
-        self, method: str, path: str, raw_path: str | None, rules: RBAC | None, remote_addr: str | None = None
+        self, method: str, path: str, raw_path: str | None, rules: RBAC | None, where: Where = (None, None, None)
     ) -> None:
         """`MethodRefused` for a method outside ``BIND_ALLOWED_METHODS``; under path authorization,
         `BadRequestPath` for a path it cannot judge safely (`flask_bindcar.target`)."""
@@ -175,7 +185,7 @@ class Authenticator:
                 if why is not None:
                     raise BadRequestPath(why)
         except BindcarError as e:
-            self._denied(e, remote_addr, method, path)
+            self.recorder.refused(e, where)
             raise
 
     def authenticate(
@@ -185,68 +195,71 @@ class Authenticator:
         remote_addr: str | None = None,
         method: str | None = None,
         path: str | None = None,
+        where: Where | None = None,
+        trace: Trace | None = None,
     ) -> Identity:
-        """The caller behind ``header`` (the ``Authorization`` value, None when absent).
+        """The caller behind ``header`` (the ``Authorization`` value, None when absent): the
+        failure limit, the header, Basic or TokenReview, the app's allowlists and pod binding.
 
         Raises `AuthError` with the seed's message, or `RateLimited` for a client past the failure
         limit, after logging the decision, never the token.
         """
+        if where is None:
+            where = (remote_addr, method, path)
+        found: list[Any] = [None, None]  # the review cache's answer and latency, once asked
         try:
             if self.limiter is not None:
-                retry_after = self.limiter.retry_after(remote_addr)
+                if trace is not None:
+                    trace.enter("failure limit")
+                retry_after = self.limiter.retry_after(where[0])
                 if retry_after is not None:
                     raise RateLimited(retry_after)
-            identity, cache, latency = self._chain(header)
+                if trace is not None:
+                    trace.found()
+            identity = self._chain(header, found, trace)
         except AuthError as e:
             if self.limiter is not None and e.credential_failure:
-                self.limiter.record_failure(remote_addr)
-            self._denied(e, remote_addr, method, path)
+                self.limiter.record_failure(where[0])
+            cache = found[0] or e.cache
+            self.recorder.refused(e, where, cache=cache, latency=found[1] or e.review_latency_ms)  # type: ignore[arg-type]
             if self._generic:
                 raise e.generic() from None
             raise
         except RateLimited as e:
-            self._denied(e, remote_addr, method, path)
+            self.recorder.refused(e, where)
             raise
-        self._decided(
-            "allow",
-            remote_addr,
-            method,
-            path,
-            identity=identity,
-            cache=cache,
-            latency=latency,
-        )
+        self.recorder.allowed(where, identity, cache=found[0], latency=found[1])
         return identity
 
     def authorize(
         self,
         identity: Identity,
-        *,
-        namespaces: Collection[str] | None = None,
-        service_accounts: Collection[str] | None = None,
-        require_pod: bool = False,
-        remote_addr: str | None = None,
-        method: str | None = None,
-        path: str | None = None,
+        policy: ViewPolicy = APP_POLICY,
+        where: Where = (None, None, None),
+        trace: Trace | None = None,
     ) -> None:
-        """Apply a stricter, per-view policy to an already authenticated caller."""
+        """Apply a view's stricter policy (its allowlists, its pod binding) to an authenticated caller."""
+        if trace is not None:
+            trace.enter("view policy")
         try:
-            authorize(identity, namespaces, service_accounts, require_pod)
+            authorize(identity, policy.namespaces, policy.service_accounts, policy.require_pod)
         except AuthError as e:
-            self._denied(e, remote_addr, method, path, identity)
+            self.recorder.refused(e, where, identity)
             if self._generic:
                 raise e.generic() from None
             raise
+        if trace is not None:
+            trace.found(username=identity.username)
 
     def check_access(
         self,
         identity: Identity,
         rbac: RBAC,
-        *,
         method: str,
         path: str,
         view_args: Mapping[str, Any] | None = None,
-        remote_addr: str | None = None,
+        where: Where = (None, None, None),
+        trace: Trace | None = None,
     ) -> None:
         """Ask RBAC whether ``identity`` may make this request, as ``rbac`` describes it.
 
@@ -254,76 +267,94 @@ class Authenticator:
         be had (or ``rbac`` names a view argument the route lacks); either way after logging the
         decision and the review's reason, which never reaches the body.
         """
+        if trace is not None:
+            trace.enter("rbac")
         attributes: Attributes | None = None
         try:
             try:
                 attributes = rbac.attributes(method, path, view_args)
             except KeyError as e:
+                if self.authorizer is None:  # Basic mode: no rule could be asked about, whatever the route
+                    raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured") from None
                 logger.error("RBAC%r names the view argument %s, which this route does not have", rbac.summary(), e)
                 raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
             if self.authorizer is None:
                 raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
             decision, cache, latency = self.authorizer.check(identity, attributes)
         except (AccessDenied, AuthzUnavailable) as e:
-            denied = isinstance(e, AccessDenied)
-            outcome = "denied" if denied else "unavailable"
-            review_reason = e.review_reason if isinstance(e, AccessDenied) else None
-            logger.warning(
-                "authorization %s: %s [reason=%s review_reason=%r remote_addr=%s method=%s path=%r]",
-                outcome,
-                e.message,
-                e.reason,
-                review_reason,
-                remote_addr,
-                method,
-                path,
-            )
-            self._decided(
-                "deny" if denied else "unavailable",
-                remote_addr,
-                method,
-                path,
+            self.recorder.authorization(
+                where,
+                identity,
+                attributes,
                 error=e,
-                identity=identity,
+                review_reason=e.review_reason if isinstance(e, AccessDenied) else None,
                 cache=e.cache,  # type: ignore[arg-type]
                 latency=e.review_latency_ms,
-                authorization=(attributes, outcome, review_reason),
             )
             if self._generic:
                 raise e.generic() from None
             raise
-        allowed = (attributes, "allowed", decision.reason)
-        self._decided(
-            "allow", remote_addr, method, path, identity=identity, cache=cache, latency=latency, authorization=allowed
+        self.recorder.authorization(
+            where, identity, attributes, review_reason=decision.reason, cache=cache, latency=latency
         )
+        if trace is not None:
+            trace.found(identity=identity, attributes=attributes, decision=decision, latency=latency)
 
-    def _chain(self, header: str | None) -> tuple[Identity, CacheResult | None, float | None]:
-        token = bearer_token(header, check_format=self.cache is None)
+    def _chain(self, header: str | None, found: list[Any], trace: Trace | None) -> Identity:
+        """The header, then Basic or TokenReview, then the app's allowlists and pod binding.
+
+        ``found`` receives the review cache's answer and latency as soon as they are known, for
+        the decision's record.
+        """
+        if trace is not None:
+            trace.enter("header")
+        token = bearer_token(header, check_format=self.cache is None or trace is not None)
+        if trace is not None:
+            trace.found(length=len(token))
         if self.reviewer is None or self.cache is None:
-            if self._secret_digest is None:
-                return BASIC_IDENTITY, None, None
-            if not hmac.compare_digest(_digest(token), self._secret_digest):
-                raise AuthError(INVALID_API_TOKEN, reason="invalid_api_token")
-            return SHARED_SECRET_IDENTITY, None, None
+            if trace is not None:
+                trace.enter("basic mode")
+            identity = BASIC_IDENTITY
+            if self._secret_digest is not None:
+                if not hmac.compare_digest(_digest(token), self._secret_digest):
+                    raise AuthError(INVALID_API_TOKEN, reason="invalid_api_token")
+                identity = SHARED_SECRET_IDENTITY
+            if trace is not None:
+                trace.found(method=identity.method)
+            return identity
         audiences = self.config.audiences
+        if trace is not None:
+            trace.enter("token review")
         started = time.perf_counter()
         outcome, cache = self.cache.get_or_review(token, audiences, self._review)
         latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
-        if self.metrics is not None:
-            self.metrics.cache.inc(*self._cache_labels[cache])
+        found[0], found[1] = cache, latency
+        self.recorder.cache(cache)
         if cache == "stale":
             logger.warning("accepting a stale TokenReview: the API server is unavailable")
-        try:
-            identity: Identity | None = outcome.memo.get(audiences)
-            if identity is None:
-                identity = outcome.memo[audiences] = identity_from_review(outcome, audiences)
+        if trace is None:
+            known: Identity | None = outcome.memo.get(audiences)
+            if known is None:
+                known = outcome.memo[audiences] = identity_from_review(outcome, audiences)
             authorize(
-                identity, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
+                known, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
             )
-        except AuthError as e:
-            e.cache, e.review_latency_ms = cache, latency
-            raise
-        return identity, cache, latency
+            return known
+        trace.found(outcome=outcome, latency=latency)
+        trace.enter("identity")
+        identity = identity_from_review(outcome, audiences)
+        trace.found(identity=identity)
+        trace.enter("namespace allowlist")
+        authorize(identity, self.config.allowed_namespaces, None)
+        trace.found(allowlist=self.config.allowed_namespaces, value=identity.namespace)
+        trace.enter("serviceaccount allowlist")
+        authorize(identity, None, self.config.allowed_service_accounts)
+        trace.found(allowlist=self.config.allowed_service_accounts, value=identity.username)
+        if self.config.require_pod:
+            trace.enter("pod binding")
+            authorize(identity, None, None, require_pod=True)
+            trace.found(identity=identity)
+        return identity
 
     def _review(self, token: str, audiences: Sequence[str]) -> ReviewOutcome:
         """One TokenReview call for a well-formed token, if a slot is free (the bulkhead)."""
@@ -345,91 +376,6 @@ class Authenticator:
                 metrics.inflight.dec()
                 metrics.review_duration.observe(time.perf_counter() - started)
 
-    def _denied(
-        self,
-        error: BindcarError,
-        remote_addr: str | None,
-        method: str | None,
-        path: str | None,
-        identity: Identity | None = None,
-    ) -> None:
-        logger.warning(
-            "authentication failed: %s [reason=%s remote_addr=%s method=%s path=%r]",
-            error.message,
-            error.reason,
-            remote_addr,
-            method,
-            path,
-        )
-        self._decided(
-            "rate_limited" if isinstance(error, RateLimited) else "deny",
-            remote_addr,
-            method,
-            path,
-            error=error,
-            identity=identity,
-            cache=getattr(error, "cache", None),
-            latency=getattr(error, "review_latency_ms", None),
-        )
-
-    def _decided(
-        self,
-        result: str,
-        remote_addr: str | None,
-        method: str | None,
-        path: str | None,
-        *,
-        error: BindcarError | None = None,
-        identity: Identity | None = None,
-        cache: CacheResult | None = None,
-        latency: float | None = None,
-        authorization: tuple[Attributes | None, str, str | None] | None = None,
-    ) -> None:
-        """Count the decision, and write its audit record when anyone listens.
-
-        ``authorization`` is set for an RBAC decision: the attributes asked about, the decision
-        (``allowed``, ``denied``, ``unavailable``) and the review's reason.
-        """
-        reason = error.reason if error is not None else None
-        if self.metrics is not None:
-            if authorization is None:
-                self.metrics.requests.inc(result, reason or "ok")
-            else:
-                self.metrics.authorization.inc(authorization[1])
-        if not audit_logger.isEnabledFor(logging.INFO):
-            return
-        record = AuditRecord(
-            _now(),
-            remote_addr,
-            method,
-            path,
-            result,
-            reason=reason,
-            message=error.message if error is not None else None,
-            username=identity.username if identity is not None else None,
-            auth_method=identity.method if identity is not None else None,
-            cache=cache,
-            review_latency_ms=latency,
-            authorization=_authorization_record(authorization) if authorization is not None else None,
-            pod_name=identity.pod_name if identity is not None else None,
-        )
-        fields = asdict(record)
-        audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
-
-
-def _authorization_record(authorization: tuple[Attributes | None, str, str | None]) -> dict[str, Any]:
-    attributes, decision, reason = authorization
-    return {
-        "verb": attributes.verb if attributes is not None else None,
-        "attributes": attributes.record() if attributes is not None else None,
-        "decision": decision,
-        "reason": reason,
-    }
-
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")

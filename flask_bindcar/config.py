@@ -3,6 +3,10 @@
 Precedence, highest first: a constructor keyword, ``app.config`` (``BINDCAR_*``), the environment
 (``BIND_*``, the seed's names), the default. A value that cannot work raises `ConfigError` naming
 the variable, the value and what is accepted.
+
+Over 500 lines on purpose: the table (`SETTINGS`), the parser of each kind of value and the checks
+of combinations are one fact, "what a valid configuration is", and a new setting is a row and at
+most one parser beside the others.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Troubleshooting built in: ``doctor`` checks a configuration end to end, ``review`` explains a token.
+"""Troubleshooting built in: ``doctor`` checks a configuration end to end.
 
-Both use the library's own configuration and client code, so what they report is what a request
-meets. Neither ever prints a token.
+It uses the library's own configuration and client code, so what it reports is what a request
+meets; it never prints a token. Its `Check` and `Report` are ``review``'s too
+(`flask_bindcar.review`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.credentials import bearer_token
-from flask_bindcar.errors import INVALID_API_TOKEN, AccessDenied, AuthError, AuthzUnavailable
-from flask_bindcar.identity import Identity, split_service_account
-from flask_bindcar.policy import authorize, identity_from_review
-from flask_bindcar.rbac import RBAC
+from flask_bindcar.errors import AuthError
+from flask_bindcar.identity import split_service_account
 
 Status = Literal["pass", "fail", "warn", "skip"]
 SYMBOLS: dict[Status, str] = {"pass": "✔", "fail": "✘", "warn": "⚠", "skip": "-"}
-REVIEW_VERDICTS = ("the token is accepted", "the token is rejected")
-FORBIDDEN_VERDICT = "the token is valid; the request is forbidden by RBAC"
-UNAVAILABLE_VERDICT = "the token is valid; the request fails: no RBAC decision could be obtained"
-NO_TOKEN_VERDICT = "the request needs no token"
 PER_VIEW_RBAC = (
     "BIND_AUTHZ is not set; views with their own @auth_required(rbac=...) are not seen from here: "
     "flask --app <your app> bindcar doctor finds them and checks this permission"
@@ -352,152 +346,3 @@ def _why(e: BaseException) -> str:
     if status:
         return f"HTTP {status} {getattr(e, 'reason', None) or ''}".rstrip()
     return f"{type(e).__name__}: {e}"[:300]
-
-
-# -- review ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    """The view a request would reach (``flask bindcar review --method --path``) and its own policy."""
-
-    method: str
-    path: str
-    endpoint: str
-    exempt: bool = False
-    """``@auth_exempt``, an exempt path, or not protected at all (``BINDCAR_PROTECT_ALL`` off, no
-    ``@auth_required``): the request needs no token."""
-    namespaces: frozenset[str] | None = None
-    service_accounts: frozenset[str] | None = None
-    rbac: RBAC | None = None
-    """What the view needs by RBAC (its own, or the app-wide ``BINDCAR_AUTHZ``), if anything."""
-    view_args: Mapping[str, Any] = field(default_factory=dict)
-    require_pod: bool = False
-    """``@auth_required(require_pod=True)``: only a token bound to a pod."""
-
-    def describe(self) -> str:
-        """What the request meets beyond the app's own checks: the view's allowlists, then its RBAC."""
-        where = f"{self.method} {self.path} is view {self.endpoint}" if self.endpoint else f"{self.method} {self.path}"
-        if self.exempt:
-            return f"{where}: exempt from authentication"
-        policy = [
-            f"{name}={sorted(value)}"
-            for name, value in (("namespaces", self.namespaces), ("service_accounts", self.service_accounts))
-            if value is not None
-        ]
-        if self.require_pod:
-            policy.append("require_pod=True")
-        needs = [f"@auth_required({', '.join(policy)})"] if policy else []
-        if self.rbac is not None:
-            needs.append(f"RBAC {json.dumps(self.rbac.summary())}")
-        return f"{where}: {', then '.join(needs)}" if needs else f"{where}: the app-wide policy"
-
-
-def authorization_header(text: str) -> str:
-    """The header value ``review`` was given: a bare token, ``Bearer <token>``, or the whole header line."""
-    name, colon, value = text.partition(":")
-    if colon and name.strip().lower() == "authorization":
-        return value.strip()
-    return text if any(c.isspace() for c in text) else f"Bearer {text}"
-
-
-def review(
-    config: AuthConfig, token: str, route: Route | None = None
-) -> tuple[Report, Identity | None, AuthError | AccessDenied | AuthzUnavailable | None]:
-    """Run the full chain on ``token`` step by step, as a request would meet it (no cache).
-
-    ``token`` is a bare token or a whole ``Authorization`` header value. With a ``route``, the
-    view's own ``@auth_required`` allowlists apply after the app's, as they do for a request, and
-    then its RBAC (a SubjectAccessReview), if it has any.
-    """
-    checks: list[Check] = []
-    if route is not None:
-        checks.append(Check("route", "pass", route.describe()))
-        if route.exempt:
-            checks.append(Check("result", "pass", f"allowed: {route.method} {route.path} needs no token"))
-            return Report("flask-bindcar review", checks, (NO_TOKEN_VERDICT, NO_TOKEN_VERDICT)), None, None
-    step = "header"
-    try:
-        token = bearer_token(authorization_header(token))
-        checks.append(Check(step, "pass", f"a well-formed bearer token of {len(token)} characters"))
-        if config.mode == "basic":
-            step = "basic mode"
-            if config.api_token and config.api_token != token:
-                raise AuthError(INVALID_API_TOKEN, reason="invalid_api_token")
-            identity = Identity(method="shared-secret" if config.api_token else "basic")
-            checks.append(Check(step, "pass", f"accepted ({identity.method})"))
-        else:
-            from flask_bindcar.apiserver import ApiServerClient
-
-            step = "token review"
-            outcome, ms = _timed(lambda: ApiServerClient(config).review(token, config.audiences))
-            checks.append(
-                Check(
-                    step,
-                    "pass",
-                    f"answered in {ms:.1f} ms: authenticated={outcome.authenticated}, "
-                    f"audiences={list(outcome.audiences)}, error={outcome.error!r}",
-                )
-            )
-            step = "identity"
-            identity = identity_from_review(outcome, config.audiences)
-            checks.append(Check(step, "pass", f"{identity.username} (audiences {list(identity.audiences)})"))
-            step = "namespace allowlist"
-            authorize(identity, config.allowed_namespaces, None)
-            checks.append(_allowlist_check(step, config.allowed_namespaces, identity.namespace))
-            step = "serviceaccount allowlist"
-            authorize(identity, None, config.allowed_service_accounts)
-            checks.append(_allowlist_check(step, config.allowed_service_accounts, identity.username))
-            if config.require_pod:
-                step = "pod binding"
-                authorize(identity, None, None, require_pod=True)
-                checks.append(Check(step, "pass", f"bound to pod {identity.namespace}/{identity.pod_name}"))
-        if route is not None and (
-            route.namespaces is not None or route.service_accounts is not None or route.require_pod
-        ):
-            step = "view policy"
-            authorize(identity, route.namespaces, route.service_accounts, route.require_pod)
-            checks.append(Check(step, "pass", f"{identity.username} is allowed by the view"))
-        if route is not None and route.rbac is not None:
-            step = "rbac"
-            checks.append(_rbac_check(config, identity, route))
-    except AuthError as e:
-        checks.append(Check(step, "fail", e.message))
-        checks.append(Check("result", "fail", f"401 {json.dumps({'error': e.message})}"))
-        return Report("flask-bindcar review", checks, REVIEW_VERDICTS), None, e
-    except (AccessDenied, AuthzUnavailable) as e:
-        # The token passed every authentication step: only the authorization refused or failed.
-        checks.append(Check(step, "fail", e.message))
-        checks.append(Check("result", "fail", f"{e.code} {json.dumps({'error': e.message})}"))
-        verdict = FORBIDDEN_VERDICT if isinstance(e, AccessDenied) else UNAVAILABLE_VERDICT
-        return Report("flask-bindcar review", checks, (REVIEW_VERDICTS[0], verdict)), None, e
-    checks.append(Check("result", "pass", f"allowed as {identity.username or identity.method}"))
-    return Report("flask-bindcar review", checks, REVIEW_VERDICTS), identity, None
-
-
-def _rbac_check(config: AuthConfig, identity: Identity, route: Route) -> Check:
-    """The SubjectAccessReview a request to ``route`` meets; raises `AccessDenied` or `AuthzUnavailable`."""
-    from flask_bindcar.apiserver import ApiServerClient
-    from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
-    from flask_bindcar.bulkhead import Bulkhead
-
-    assert route.rbac is not None
-    if config.mode != "tokenreview":
-        raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
-    try:
-        attributes = route.rbac.attributes(route.method, route.path, route.view_args)
-    except KeyError as e:
-        raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
-    authorizer = Authorizer(config, ApiServerClient(config), Bulkhead(1), None)
-    (decision, _, ms) = authorizer.check(identity, attributes)
-    return Check(
-        "rbac",
-        "pass",
-        f"{identity.username} may {attributes.verb} {attributes.describe()}: {decision.reason}, {ms or 0:.1f} ms",
-    )
-
-
-def _allowlist_check(name: str, allowlist: frozenset[str] | None, value: str | None) -> Check:
-    if allowlist is None:
-        return Check(name, "pass", "not set: all allowed")
-    return Check(name, "pass", f"{value} is allowed")

@@ -17,11 +17,11 @@ from werkzeug.local import LocalProxy
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
 from flask_bindcar.credentials import is_cors_preflight
-from flask_bindcar.doctor import Route
 from flask_bindcar.errors import BindcarError, ConfigError
 from flask_bindcar.identity import ENVIRON_KEY, Identity, clear_remote_user, put_in_environ
 from flask_bindcar.policy import APP_POLICY, ViewPolicy
 from flask_bindcar.rbac import RBAC
+from flask_bindcar.review import Route
 from flask_bindcar.target import raw_path
 
 F = TypeVar("F", bound=Callable[..., Any])

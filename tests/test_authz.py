@@ -681,7 +681,7 @@ def _subject(token: str) -> str:
 
 
 def test_review_reports_the_rbac_verdict(fake: FakeCluster, fake_kc: Path) -> None:
-    from flask_bindcar.doctor import Route, review
+    from flask_bindcar.review import Route, review
 
     user, token = new_caller(fake)
     fake.allow(user, "get", path="/zones")
@@ -866,10 +866,10 @@ def test_each_decision_has_its_log_line_and_audit_record(
             auth.check_access(
                 identity,
                 ZONE_RBAC,
-                method=method,
-                path=f"/zones/{name}",
-                view_args=view_args,
-                remote_addr="10.1.2.3",
+                method,
+                f"/zones/{name}",
+                view_args,
+                where=("10.1.2.3", method, f"/zones/{name}"),
             )
         except (AccessDenied, AuthzUnavailable) as e:
             return e
@@ -1292,7 +1292,7 @@ def test_callers_who_differ_only_in_extra_are_asked_about_apart(fake: FakeCluste
     before = fake.access_review_requests
     for identity in (first, second, first, second):
         auth.check_access(
-            identity, ZONE_RBAC, method="DELETE", path="/zones/x", view_args={"name": "x"}, remote_addr="10.1.2.3"
+            identity, ZONE_RBAC, "DELETE", "/zones/x", {"name": "x"}, where=("10.1.2.3", "DELETE", "/zones/x")
         )
     assert fake.access_review_requests - before == 2  # one each, then each from the cache
 

@@ -191,6 +191,8 @@ def test_the_fixture_scopes_are_the_plugins(tmp_path: Path) -> None:
         table
         == scopes
         == {
+            "any_cluster": "function",
+            "any_kubeconfig": "function",
             "fake_cluster": "function",
             "fake_kubeconfig": "function",
             "real_cluster": "session",
@@ -218,7 +220,7 @@ def test_client_page_pod_spec_is_deployed() -> None:
     assert shown["serviceAccountName"] == pod["serviceAccountName"]
     assert shown["volumes"] == pod["volumes"]
     assert shown["containers"][0]["volumeMounts"] == pod["containers"][0]["volumeMounts"]
-    [mount] = shown["containers"][0]["volumeMounts"]
+    [mount] = [m for m in shown["containers"][0]["volumeMounts"] if m["name"] == shown["volumes"][0]["name"]]
     [source] = shown["volumes"][0]["projected"]["sources"]
     assert f"{mount['mountPath']}/{source['serviceAccountToken']['path']}" == DEFAULT_TOKEN_PATH
     assert f"`{DEFAULT_TOKEN_PATH}`" in (ROOT / "docs" / "client.md").read_text()

@@ -261,7 +261,7 @@ def test_review_wrong_namespace(fake_cluster: FakeCluster, fake_kubeconfig: Path
 
 
 def test_review_says_what_a_client_would_get(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
-    from flask_bindcar.doctor import review
+    from flask_bindcar.review import review
 
     config = AuthConfig.load({"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig)}, environ={})
     for token in ("invalid-token", fake_cluster.token("default", "x", audiences=["other"])):
@@ -348,7 +348,7 @@ def test_why_a_call_failed() -> None:
 
 
 def test_review_in_basic_mode() -> None:
-    from flask_bindcar.doctor import review
+    from flask_bindcar.review import review
 
     config = AuthConfig.load({"mode": "basic", "api_token": "the-doctor-basic-secret"}, environ={})
     report, identity, error = review(config, "the-doctor-basic-secret")
@@ -370,7 +370,7 @@ def test_review_in_basic_mode() -> None:
 
 def test_review_of_a_route_whose_rbac_cannot_be_asked(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
     from flask_bindcar import RBAC
-    from flask_bindcar.doctor import Route, review
+    from flask_bindcar.review import Route, review
 
     rbac = RBAC(resource="zones", name="{name}")
     basic = AuthConfig.load({"mode": "basic"}, environ={})

@@ -58,7 +58,7 @@ def test_api_outage_does_not_put_valid_clients_into_429(cluster: FakeCluster, ma
 def test_bulkhead_rejections_do_not_count_against_the_client(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     auth = make_auth(failure_limit="2/minute", review_max_inflight=1)
     attacker = cluster.token("dns-system", "attacker", audiences=["bindcar"])
-    cluster.latency = 1.0
+    cluster.latency = 3.0  # longer than the four refusals below, each after the bulkhead's 0.25 s wait
     held = threading.Thread(target=lambda: auth.authenticate(f"Bearer {attacker}", remote_addr="10.9.9.9"))
     held.start()
     while cluster.review_requests < 1:  # the attacker's review holds the only slot

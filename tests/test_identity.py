@@ -29,7 +29,7 @@ from flask_bindcar import (
     current_identity,
 )
 from flask_bindcar.authenticator import Authenticator
-from flask_bindcar.policy import identity_from_review
+from flask_bindcar.policy import ViewPolicy, identity_from_review
 from flask_bindcar.testing import API_AUDIENCE, FakeCluster, RealCluster
 from flask_bindcar.tokenreview import ReviewOutcome
 from tests.gunicorn_server import TARGETS
@@ -215,7 +215,7 @@ def test_the_audit_record_names_the_pod(
         auth.authenticate(f"Bearer {bound}")
         identity = auth.authenticate(f"Bearer {unbound}")
         with pytest.raises(AuthError):
-            auth.authorize(identity, require_pod=True)
+            auth.authorize(identity, ViewPolicy(require_pod=True))
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "flask_bindcar.audit"]
     assert [(r["result"], r["username"], r["pod_name"]) for r in records] == [
         ("allow", EXTERNAL_DNS, "external-dns-0"),

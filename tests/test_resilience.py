@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY, generate_latest
 from flask_bindcar import AuthConfig, AuthError, ConfigError, Identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.errors import RateLimited
+from flask_bindcar.policy import ViewPolicy
 from flask_bindcar.ratelimit import FailureLimiter, Limit, parse_limit
 from flask_bindcar.testing import DEFAULT_CALLER, FakeCluster
 from tests.conftest import MakeAuth, keep_log, service_account, who
@@ -188,7 +189,7 @@ def test_a_per_view_denial_is_audited_with_its_request(caplog: pytest.LogCapture
     )
     assert auth.authorize(identity) is None  # no allowlist and no pod binding unless asked for
     with caplog.at_level("INFO", logger="flask_bindcar.audit"), pytest.raises(AuthError):
-        auth.authorize(identity, namespaces={"dns-system"}, remote_addr="10.0.0.7", method="DELETE", path="/zones/a")
+        auth.authorize(identity, ViewPolicy(namespaces=frozenset({"dns-system"})), ("10.0.0.7", "DELETE", "/zones/a"))
     record = audit_records(caplog)[-1]
     assert {k: record[k] for k in ("remote_addr", "method", "path", "result", "reason", "username")} == {
         "remote_addr": "10.0.0.7",

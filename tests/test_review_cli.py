@@ -119,7 +119,7 @@ def test_review_applies_the_app_wide_pod_binding(
 ) -> None:
     """BIND_REQUIRE_POD_BOUND_TOKEN=true refuses a token of no pod; review must say so, as a request meets it."""
     from flask_bindcar import AuthConfig
-    from flask_bindcar.doctor import review as review_token
+    from flask_bindcar.review import review as review_token
 
     config = AuthConfig.load(
         {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), "require_pod": True}, environ={}
