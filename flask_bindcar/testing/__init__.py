@@ -18,9 +18,10 @@ body on both: on the stand-in always, and on the real server under ``pytest --cl
 
 The rooms: `interface` (the `Cluster` protocol, the objects it names, the claims and files both
 clusters write), `rbac` (a grant as a rule, its role and binding); the stand-in's state in
-`cluster`, its RBAC in `authorizer`, its HTTPS server in `server` over the endpoints of `reviews`
-and `objects` (on `handler`, with `discovery` and `protobuf`); the real control plane's processes
-in `controlplane` and its API helpers in `real`.
+`cluster`, what its endpoints need of that state in `state`, its RBAC in `authorizer`, its HTTPS
+server in `tls`, routed by `server` to the endpoints of `reviews` and `objects` (on `handler`,
+with `discovery` and `protobuf`); the real control plane's processes in `controlplane` and its
+API helpers in `real`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ EXTRA_MODULES = ("jwt", "trustme", "cryptography")
 """What the ``testing`` extra installs; without one of them the import says which extra to add."""
 
 try:
-    from flask_bindcar.testing.cluster import FAULTS, FakeCluster, Fault, token_hash
+    from flask_bindcar.testing.cluster import FakeCluster, token_hash
     from flask_bindcar.testing.interface import (
         API_AUDIENCE,
         DEFAULT_CALLER,
@@ -43,6 +44,7 @@ try:
     )
     from flask_bindcar.testing.rbac import Rule
     from flask_bindcar.testing.real import AssetsMissing, RealCluster
+    from flask_bindcar.testing.state import FAULTS, Fault
 except ModuleNotFoundError as e:
     if (e.name or "").split(".")[0] not in EXTRA_MODULES:
         raise

@@ -8,10 +8,12 @@ kubeconfig (`FakeCluster.write_kubeconfig`) or in-cluster files (`FakeCluster.in
 
 This module holds the cluster's state (accounts, pods, namespaces, callers, RBAC, faults and
 counters), the minting of tokens and the ServiceAccount authenticator that reviews them. Its
-HTTPS server is `flask_bindcar.testing.server`, its endpoints `flask_bindcar.testing.reviews` and
-`flask_bindcar.testing.objects`, its RBAC `flask_bindcar.testing.authorizer`. It runs past 400
-lines because it is one class whose methods share one lock over the same dictionaries; the
-authenticator alone (kube-apiserver's checks, in its order, with its texts) is a fifth of it.
+HTTPS server is `flask_bindcar.testing.tls`, routed by `flask_bindcar.testing.server` to the
+endpoints of `flask_bindcar.testing.reviews` and `flask_bindcar.testing.objects`, which reach
+this state as `flask_bindcar.testing.state.ClusterState`; its RBAC is
+`flask_bindcar.testing.authorizer`. It runs past 400 lines because it is one class whose methods
+share one lock over the same dictionaries; the authenticator alone (kube-apiserver's checks, in
+its order, with its texts) is a fifth of it.
 
 It imports neither Flask nor the ``kubernetes`` client, so any test suite can use it.
 """
@@ -27,9 +29,8 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 import trustme
@@ -45,19 +46,13 @@ from flask_bindcar.testing.interface import (
     Pod,
     ServiceAccount,
     bound_token_claims,
-    now_rfc3339,
     write_incluster_files,
     write_kubeconfig_file,
 )
 from flask_bindcar.testing.rbac import Rule, SubjectKind, groups_of
-from flask_bindcar.testing.reviews import ReviewError
-from flask_bindcar.testing.server import Handler, TLSServer
-
-Fault = Literal["error500", "garbage", "reset", "hang", "no_user", "no_audiences"]
-FAULTS: tuple[Fault, ...] = ("error500", "garbage", "reset", "hang", "no_user", "no_audiences")
-"""Faults on demand: a 500 Status, a non-JSON body, a reset connection, a hang past the client's
-timeout; and two misbehaving answers to a TokenReview: authenticated without ``status.user``, and
-authenticated without ``status.audiences`` (as an audience-agnostic authenticator might)."""
+from flask_bindcar.testing.server import Handler
+from flask_bindcar.testing.state import FAULTS, Fault, Namespace, ReviewError
+from flask_bindcar.testing.tls import TLSServer
 
 
 def token_hash(token: str) -> str:
@@ -68,13 +63,6 @@ def token_hash(token: str) -> str:
 def _go_quote_list(items: Iterable[str]) -> str:
     """Format a string slice as Go's ``%q`` does: ``["a" "b"]``."""
     return "[" + " ".join(json.dumps(i) for i in items) + "]"
-
-
-@dataclass
-class Namespace:
-    name: str
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created: str = field(default_factory=now_rfc3339, compare=False)
 
 
 BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")

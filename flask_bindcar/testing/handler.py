@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flask_bindcar.testing.cluster import FakeCluster
-    from flask_bindcar.testing.server import TLSServer
+    from flask_bindcar.testing.state import ClusterState
+    from flask_bindcar.testing.tls import TLSServer
 
 
 def failure(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class BaseHandler(BaseHTTPRequestHandler):
         """Request lines are not logged: a stand-in must not print what tests send it."""
 
     @property
-    def cluster(self) -> FakeCluster:
+    def cluster(self) -> ClusterState:
         return self.server.cluster
 
     def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:

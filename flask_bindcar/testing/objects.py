@@ -22,7 +22,7 @@ from flask_bindcar.testing.interface import API_AUDIENCE, Pod, ServiceAccount
 from flask_bindcar.testing.protobuf import PROTOBUF, from_protobuf
 
 if TYPE_CHECKING:
-    from flask_bindcar.testing.cluster import Namespace
+    from flask_bindcar.testing.state import Namespace
 
 _CORE_ROUTE = re.compile(
     r"/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<kind>serviceaccounts|pods)(?:/(?P<name>[^/]+)(?:/(?P<sub>token))?)?"

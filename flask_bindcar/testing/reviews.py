@@ -14,14 +14,11 @@ from flask_bindcar.testing.authorizer import validate
 from flask_bindcar.testing.handler import BaseHandler, failure
 from flask_bindcar.testing.interface import SA_PREFIX
 from flask_bindcar.testing.rbac import groups_of
+from flask_bindcar.testing.state import ReviewError
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-
-
-class ReviewError(Exception):
-    """A token the cluster does not accept; ``str()`` is kube-apiserver's ``status.error``."""
 
 
 def _auth_delegator_reason(username: str) -> str:
