@@ -43,7 +43,7 @@ from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import APP_POLICY, ViewPolicy, authorize, identity_from_review
 from flask_bindcar.ratelimit import FailureLimiter
 from flask_bindcar.rbac import RBAC, Attributes
-from flask_bindcar.target import path_problem
+from flask_bindcar.target import path_problem, raw_path
 from flask_bindcar.tokenreview import ReviewOutcome
 
 logger = logging.getLogger("flask_bindcar")
@@ -141,7 +141,7 @@ class Authenticator:
         *,
         method: str,
         path: str,
-        raw_path: str | None = None,
+        environ: Mapping[str, Any] | None = None,
         remote_addr: str | None = None,
         view_args: Mapping[str, Any] | None = None,
         policy: ViewPolicy = APP_POLICY,
@@ -157,14 +157,15 @@ class Authenticator:
         3. the view's own ``policy``: its allowlists and pod binding (401): `authorize`;
         4. RBAC, the view's rules or the app's (403, 503): `check_access`.
 
-        ``path`` is ``PATH_INFO`` as the application receives it, ``raw_path`` the path as the
-        client wrote it (`flask_bindcar.target.raw_path`). ``view_args`` are the matched route's
+        ``path`` is ``PATH_INFO`` as the application receives it; ``environ``, the WSGI environ,
+        gives the path as the client wrote it when path authorization needs it
+        (`flask_bindcar.target.raw_path`). ``view_args`` are the matched route's
         (None when no route matched: rules that name view arguments then leave the URL to its
         404). ``trace`` collects each step for ``review``.
         """
         where: Where = (remote_addr, method, path)
         rules = policy.rbac or self.config.rbac
-        self.check_target(method, path, raw_path, rules, where)
+        self.check_target(method, path, environ, rules, where)
         identity = self.authenticate(header, where=where, trace=trace)
         if policy.narrows:
             self.authorize(identity, policy, where, trace)
@@ -173,7 +174,12 @@ class Authenticator:
         return identity
 
     def check_target(
-        self, method: str, path: str, raw_path: str | None, rules: RBAC | None, where: Where = (None, None, None)
+        self,
+        method: str,
+        path: str,
+        environ: Mapping[str, Any] | None,
+        rules: RBAC | None,
+        where: Where = (None, None, None),
     ) -> None:
         """`MethodRefused` for a method outside ``BIND_ALLOWED_METHODS``; under path authorization,
         `BadRequestPath` for a path it cannot judge safely (`flask_bindcar.target`)."""
@@ -181,7 +187,7 @@ class Authenticator:
             if method not in self.config.allowed_methods:
                 raise MethodRefused(method, self.config.allowed_methods)
             if rules is not None and rules.path:
-                why = path_problem(path, raw_path)
+                why = path_problem(path, raw_path(environ) if environ is not None else None)
                 if why is not None:
                     raise BadRequestPath(why)
         except BindcarError as e:

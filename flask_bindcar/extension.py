@@ -22,7 +22,6 @@ from flask_bindcar.identity import ENVIRON_KEY, Identity, clear_remote_user, put
 from flask_bindcar.policy import APP_POLICY, ViewPolicy
 from flask_bindcar.rbac import RBAC
 from flask_bindcar.review import Route
-from flask_bindcar.target import raw_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +143,7 @@ def _admit(auth: Authenticator, req: Request, policy: ViewPolicy) -> Identity:
             environ.get("HTTP_AUTHORIZATION"),
             method=req.method,
             path=environ.get("PATH_INFO", ""),
-            raw_path=raw_path(environ),
+            environ=environ,
             remote_addr=req.remote_addr,
             view_args=req.view_args,
             policy=policy,

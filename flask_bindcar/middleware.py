@@ -20,7 +20,6 @@ from flask_bindcar.config import AuthConfig
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.errors import BindcarError, ConfigError
 from flask_bindcar.identity import ENVIRON_KEY, clear_remote_user, put_in_environ
-from flask_bindcar.target import raw_path
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -64,7 +63,7 @@ class BindcarMiddleware:
                 header,
                 method=environ.get("REQUEST_METHOD", "GET"),
                 path=path,
-                raw_path=raw_path(environ),
+                environ=environ,
                 remote_addr=environ.get("REMOTE_ADDR"),
             )
         except BindcarError as e:
