@@ -158,7 +158,7 @@ def script(cluster: FakeCluster, url: str, workdir: Path) -> list[tuple[str, lis
                 Step(
                     "# Test with an expired token",
                     401,
-                    curl(url, zones, token("dns-system", "external-dns", file="expired", expires_in=-60)),
+                    curl(url, zones, token("dns-system", "external-dns", file="expired", expires_in=-120)),
                     denied("[invalid bearer token, service account token has expired]"),
                 ),
             ],

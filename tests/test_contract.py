@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from flask_bindcar.jwks import key_id, parse_jwks, public_jwk
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, ISSUER, AssetsMissing, FakeCluster, RealCluster
 
 Cluster = FakeCluster | RealCluster
@@ -141,6 +142,40 @@ def _forged(c: Cluster) -> Case:
     return Case(jwt.encode(genuine, key, algorithm="RS256"), ["bindcar"], names=names)
 
 
+def _forged_with(kid: str | None) -> Callable[[Cluster], Case]:
+    """A token signed by another key, naming ``kid`` ("<issuer>": the kid of the cluster's own key)."""
+
+    def make(c: Cluster) -> Case:
+        ns, name, names = fresh(c)
+        genuine = c.token(ns, name, audiences=["bindcar"])
+        claims = jwt.decode(genuine, options={"verify_signature": False})
+        header = {"kid": jwt.get_unverified_header(genuine)["kid"] if kid == "<issuer>" else kid}
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return Case(jwt.encode(claims, key, algorithm="RS256", headers=header), ["bindcar"], names=names)
+
+    return make
+
+
+def _signed(claims: Callable[[dict[str, Any]], None]) -> Callable[[Cluster], Case]:
+    """A token of the cluster's own key with claims no TokenRequest mints: a fresh token's claims,
+    changed by ``claims``."""
+
+    def make(c: Cluster) -> Case:
+        ns, name, names = fresh(c)
+        token = jwt.decode(c.token(ns, name, audiences=["bindcar"]), options={"verify_signature": False})
+        claims(token)
+        return Case(c.sign(token), ["bindcar"], names=names)
+
+    return make
+
+
+def _issued_in(seconds: int) -> Callable[[dict[str, Any]], None]:
+    def change(claims: dict[str, Any]) -> None:
+        claims["iat"] = int(time.time()) + seconds
+
+    return change
+
+
 def _not_a_jwt(c: Cluster) -> Case:
     return Case("invalid-token", ["bindcar"])
 
@@ -232,6 +267,35 @@ SCENARIOS: dict[str, tuple[Callable[[Cluster], Case], dict[str, Any]]] = {
     "expired": (_expired, _rejected(f"[{INVALID}, service account token has expired]")),
     "not yet valid": (_not_yet_valid, _rejected(f"[{INVALID}, service account token is not valid yet]")),
     "forged signature": (_forged, _rejected(f"[{INVALID}, go-jose/go-jose: error in cryptographic primitive]")),
+    "forged, naming the issuer's kid": (
+        _forged_with("<issuer>"),
+        _rejected(f"[{INVALID}, go-jose/go-jose: error in cryptographic primitive]"),
+    ),
+    "forged, naming a kid the issuer does not have": (
+        _forged_with("made-up"),
+        _rejected(f"[{INVALID}, invalid signature, no keys found]"),
+    ),
+    "expired within kube's minute of leeway": (
+        lambda c: sa_case(c, ["bindcar"], ["bindcar"], expires_in=-30),
+        _ok(["bindcar"]),
+    ),
+    "not yet valid within the leeway": (
+        lambda c: sa_case(c, ["bindcar"], ["bindcar"], not_before=time.time() + 30),
+        _ok(["bindcar"]),
+    ),
+    "expired and for another audience: the audiences come first": (
+        lambda c: sa_case(c, ["other-service"], ["bindcar"], expires_in=-120),
+        _rejected(f'[{INVALID}, token audiences ["other-service"] is invalid for the target audiences ["bindcar"]]'),
+    ),
+    "expired and not yet valid: nbf comes first": (
+        lambda c: sa_case(c, ["bindcar"], ["bindcar"], expires_in=-120, not_before=time.time() + 3600),
+        _rejected(f"[{INVALID}, service account token is not valid yet]"),
+    ),
+    "issued in the future": (
+        _signed(_issued_in(3600)),
+        _rejected(f"[{INVALID}, service account token is issued in the future]"),
+    ),
+    "issued in the future, within the leeway": (_signed(_issued_in(30)), _ok(["bindcar"])),
     "not a JWT": (_not_a_jwt, _rejected(INVALID)),
     "a JWT of another issuer": (_other_issuer, _rejected(INVALID)),
     "deleted ServiceAccount": (
@@ -273,6 +337,95 @@ SCENARIOS: dict[str, tuple[Callable[[Cluster], Case], dict[str, Any]]] = {
 def test_tokenreview_contract(any_cluster: Cluster, scenario: str) -> None:
     make, expected = SCENARIOS[scenario]
     assert review(any_cluster, make(any_cluster)) == expected
+
+
+# -- The issuer's documents: OpenID discovery and the signing keys ---------------------------------
+
+ISSUER_PATHS = ["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks"]
+
+
+def get(cluster: Cluster, path: str, token: str | None) -> tuple[int, str | None, str | None, Any]:
+    """GET ``path`` as the holder of ``token`` (None: anonymously): the status, the content type,
+    the Cache-Control of a 200, and the decoded body."""
+    response = requests.get(
+        cluster.url + path,
+        headers={"Authorization": f"Bearer {token}"} if token is not None else {},
+        verify=str(cluster.ca_path),
+        timeout=30,
+    )
+    cache = response.headers.get("Cache-Control") if response.status_code == 200 else None
+    return response.status_code, response.headers.get("Content-Type"), cache, response.json()
+
+
+def _forbidden_path(user: str, path: str) -> tuple[int, str, None, dict[str, Any]]:
+    message = f'forbidden: User "{user}" cannot get path "{path}"'
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message}
+    return 403, "application/json", None, status | {"reason": "Forbidden", "details": {}, "code": 403}
+
+
+@pytest.mark.parametrize("path", ISSUER_PATHS)
+def test_issuer_documents_contract(any_cluster: Cluster, path: str) -> None:
+    """Every ServiceAccount may read the discovery document and the keys (the default
+    ``system:service-account-issuer-discovery`` binding); other users and anonymous callers may not."""
+    c = any_cluster
+    ns, name, _ = fresh(c)
+    answers = {
+        who: get(c, path, token)
+        for who, token in {
+            "a ServiceAccount": c.token(ns, name),
+            "jane": c.add_caller("jane", can_review=False),
+            "anonymous": None,
+            "unknown": "not-a-credential-of-this-cluster",
+        }.items()
+    }
+    document: Any
+    if path.startswith("/.well-known"):
+        kind = "application/json"
+        document = {
+            "issuer": ISSUER,
+            "jwks_uri": c.url + "/openid/v1/jwks",
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+    else:
+        kind, document = "application/jwk-set+json", answers["a ServiceAccount"][3]
+    assert answers == {
+        "a ServiceAccount": (200, kind, "public, max-age=3600", document),
+        "jane": _forbidden_path("jane", path),
+        "anonymous": _forbidden_path("system:anonymous", path),
+        "unknown": (
+            401,
+            "application/json",
+            None,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Unauthorized",
+                "reason": "Unauthorized",
+                "code": 401,
+            },
+        ),
+    }
+
+
+def test_the_published_key_is_the_one_tokens_name(any_cluster: Cluster) -> None:
+    """The JWKS has one RSA key; its kid is kube-apiserver's key ID of it, tokens carry that kid,
+    and it verifies them."""
+    c = any_cluster
+    ns, name, _ = fresh(c)
+    token = c.token(ns, name, audiences=["bindcar"])
+    _, _, _, document = get(c, "/openid/v1/jwks", c.token(ns, name))  # an API-audience token reads it
+    [published] = document["keys"]
+    assert sorted(published) == ["alg", "e", "kid", "kty", "n", "use"]
+    assert (published["use"], published["kty"], published["alg"]) == ("sig", "RSA", "RS256")
+    [key] = parse_jwks(document).keys
+    assert published["kid"] == key_id(key.key) == jwt.get_unverified_header(token)["kid"]
+    assert public_jwk(key.key) == published
+    claims = jwt.decode(token, cast(Any, key.key), algorithms=["RS256"], audience="bindcar")
+    assert claims["sub"] == f"system:serviceaccount:{ns}:{name}"
 
 
 # -- TokenRequest: the lifetimes kube-apiserver accepts, and who may ask -----------------------------

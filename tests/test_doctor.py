@@ -233,7 +233,7 @@ def test_review_accepted_token(fake_cluster: FakeCluster, fake_kubeconfig: Path)
 
 
 def test_review_expired_token(fake_cluster: FakeCluster, fake_kubeconfig: Path, tmp_path: Path) -> None:
-    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=-10)
+    token = fake_cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=-120)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     result = run(["review", "--token-file", str(token_file)], tokenreview_env(fake_kubeconfig))

@@ -106,7 +106,7 @@ def test_wrong_audience(cluster: FakeCluster, auth_api: Any) -> None:
 
 
 def test_expired_token(cluster: FakeCluster, auth_api: Any) -> None:
-    token = cluster.token("default", "my-app", audiences=["bindcar"], expires_in=-1)
+    token = cluster.token("default", "my-app", audiences=["bindcar"], expires_in=-120)  # past the leeway
     assert status_error(auth_api, token, ["bindcar"]) == "[invalid bearer token, service account token has expired]"
 
 
@@ -141,9 +141,8 @@ def test_forged_signature(cluster: FakeCluster, auth_api: Any) -> None:
     with FakeCluster() as other:
         forged = other.token("dns-system", "external-dns", audiences=["bindcar"])
     cluster.create_service_account("dns-system", "external-dns")
-    assert status_error(auth_api, forged, ["bindcar"]) == (
-        "[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"
-    )
+    # another cluster's key ID is not one of this cluster's keys (tests/test_contract.py)
+    assert status_error(auth_api, forged, ["bindcar"]) == "[invalid bearer token, invalid signature, no keys found]"
 
 
 def test_not_a_jwt_gets_the_generic_error(auth_api: Any) -> None:

@@ -107,7 +107,7 @@ def test_testing_invalid_tokens(server: Any) -> None:
 
 def test_expired_token(server: Any, fake_cluster: FakeCluster) -> None:
     with server(BIND_AUTH_MODE="tokenreview") as url:
-        token = fake_cluster.token("default", "my-app", audiences=["bindcar"], expires_in=-60)
+        token = fake_cluster.token("default", "my-app", audiences=["bindcar"], expires_in=-120)
         assert_401(
             call(url, token), "Token validation failed: [invalid bearer token, service account token has expired]"
         )

@@ -60,7 +60,7 @@ def test_invalid_token(make_auth: MakeAuth) -> None:
     ("mint", "reason"),
     [
         (
-            lambda c: c.token("default", "my-app", audiences=["bindcar"], expires_in=-1),
+            lambda c: c.token("default", "my-app", audiences=["bindcar"], expires_in=-120),
             "[invalid bearer token, service account token has expired]",
         ),
         (
@@ -105,8 +105,8 @@ def test_deleted_service_account_and_pod(cluster: FakeCluster, make_auth: MakeAu
 def test_forged_token(cluster: FakeCluster, make_auth: MakeAuth) -> None:
     with FakeCluster() as other:
         forged = other.token("dns-system", "external-dns", audiences=["bindcar"])
-    assert failure(make_auth(), forged) == (
-        "Token validation failed: [invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"
+    assert failure(make_auth(), forged) == (  # another cluster's key ID is not one of this cluster's keys
+        "Token validation failed: [invalid bearer token, invalid signature, no keys found]"
     )
 
 
@@ -342,7 +342,9 @@ def test_cache_lifetime_is_capped_by_token_expiry(cluster: FakeCluster, make_aut
     exp = token_expiry(token)
     assert exp is not None
     time.sleep(max(0.0, exp - time.time()) + 0.05)
-    assert failure(auth, token) == "Token validation failed: [invalid bearer token, service account token has expired]"
+    # Not the cache's answer but a second TokenReview's, which the API server still accepts within
+    # its minute of leeway (tests/test_contract.py: "expired within kube's minute of leeway").
+    assert who(auth.authenticate(f"Bearer {token}")) == service_account("dns-system", "external-dns")
     assert cluster.reviews_served == 2
 
 

@@ -18,10 +18,10 @@ body on both: on the stand-in always, and on the real server under ``pytest --cl
 
 The rooms: `interface` (the `Cluster` protocol, the objects it names, the claims and files both
 clusters write), `rbac` (a grant as a rule, its role and binding); the stand-in's state in
-`cluster`, what its endpoints need of that state in `state`, its RBAC in `authorizer`, its HTTPS
-server in `tls`, routed by `server` to the endpoints of `reviews` and `objects` (on `handler`,
-with `discovery` and `protobuf`); the real control plane's processes in `controlplane` and its
-API helpers in `real`.
+`cluster`, what its endpoints need of that state in `state`, its RBAC in `authorizer`, its
+ServiceAccount issuer (keys, discovery, JWKS) in `oidc`, its HTTPS server in `tls`, routed by
+`server` to the endpoints of `reviews` and `objects` (on `handler`, with `discovery` and
+`protobuf`); the real control plane's processes in `controlplane` and its API helpers in `real`.
 """
 
 from __future__ import annotations

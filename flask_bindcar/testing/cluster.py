@@ -25,7 +25,6 @@ import itertools
 import json
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -34,7 +33,6 @@ from typing import Any
 
 import jwt
 import trustme
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_bindcar.testing.authorizer import Rules
 from flask_bindcar.testing.interface import (
@@ -49,6 +47,7 @@ from flask_bindcar.testing.interface import (
     write_incluster_files,
     write_kubeconfig_file,
 )
+from flask_bindcar.testing.oidc import Issuer, check_times
 from flask_bindcar.testing.rbac import Rule, SubjectKind, groups_of
 from flask_bindcar.testing.server import Handler
 from flask_bindcar.testing.state import FAULTS, Fault, Namespace, ReviewError
@@ -79,8 +78,8 @@ class FakeCluster:
         self._host = host
         self._port = port
         self._lock = threading.RLock()
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._public_key = self._key.public_key()
+        self.issuer = Issuer()
+        """The ServiceAccount signing keys: the newest signs, all verify (`rotate_signing_key`)."""
         self._ca = trustme.CA()
         self._server_cert = self._ca.issue_cert(host, "localhost")
         self._workdir = Path(workdir).resolve() if workdir is not None else None
@@ -194,10 +193,11 @@ class FakeCluster:
 
     @property
     def public_key_pem(self) -> bytes:
-        """The public half of the ServiceAccount signing key (what ``/openid/v1/jwks`` publishes)."""
+        """The public half of the ServiceAccount signing key that signs new tokens (``/openid/v1/jwks``
+        publishes it, with every older key still accepted)."""
         from cryptography.hazmat.primitives import serialization
 
-        return self._public_key.public_bytes(
+        return self.issuer.signing_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
@@ -373,7 +373,18 @@ class FakeCluster:
         return self._sign(claims)
 
     def _sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": "fake-cluster"})
+        return self.issuer.sign(claims)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT of any ``claims``, signed as the cluster signs its tokens (for tokens no
+        TokenRequest mints: issued in the future, missing claims...)."""
+        return self.issuer.sign(claims)
+
+    def rotate_signing_key(self) -> str:
+        """Sign new tokens with a new key while the old ones stay valid, as kube-apiserver given a
+        second ``--service-account-key-file`` and the new ``--service-account-signing-key-file``
+        does. Both keys are published at ``/openid/v1/jwks``. The new key's ``kid``."""
+        return self.issuer.rotate()
 
     def authenticate(self, token: str, audiences: list[str] | None) -> tuple[dict[str, Any], list[str]]:
         """Review a token as kube-apiserver's ServiceAccount authenticator does.
@@ -397,19 +408,7 @@ class FakeCluster:
             raise LookupError("not a JWT") from None
         if unverified.get("iss") not in (ISSUER, LEGACY_ISSUER):
             raise LookupError("not issued by this cluster")
-        try:
-            claims = jwt.decode(
-                token,
-                self._public_key,
-                algorithms=["RS256"],
-                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
-            )
-        except jwt.InvalidSignatureError:
-            raise ReviewError("[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]") from None
-        except jwt.PyJWTError as e:
-            raise ReviewError(f"[invalid bearer token, {e}]") from None
-
-        now = time.time()
+        claims = self.issuer.verify(token)
         legacy = claims.get("iss") == LEGACY_ISSUER
         if legacy:
             namespace = claims.get("kubernetes.io/serviceaccount/namespace", "")
@@ -418,10 +417,6 @@ class FakeCluster:
             token_auds = [API_AUDIENCE]
             pod_ref = None
         else:
-            if "exp" in claims and now >= claims["exp"]:
-                raise ReviewError("[invalid bearer token, service account token has expired]")
-            if "nbf" in claims and now < claims["nbf"] - 60:  # kube-apiserver allows 60 s of skew
-                raise ReviewError("[invalid bearer token, service account token is not valid yet]")
             k8s = claims.get("kubernetes.io", {})
             namespace = k8s.get("namespace", "")
             name = k8s.get("serviceaccount", {}).get("name", "")
@@ -436,6 +431,8 @@ class FakeCluster:
                 "[invalid bearer token, token audiences "
                 f"{_go_quote_list(token_auds)} is invalid for the target audiences {_go_quote_list(requested)}]"
             )
+        if not legacy:
+            check_times(claims)  # after the audiences, as kube-apiserver's validator comes after them
         with self._lock:
             sa = self.service_accounts.get((namespace, name))
             pod = self.pods.get((namespace, pod_ref["name"])) if pod_ref else None

@@ -379,6 +379,11 @@ class RealCluster:
         claims = bound_token_claims(sa, auds, expires_in, bound, not_before)
         return self._plane.sign(claims)
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT of any ``claims``, signed with the cluster's own ServiceAccount key (for tokens no
+        TokenRequest mints: issued in the future, missing claims...)."""
+        return self._plane.sign(claims)
+
     def _token_request(
         self, namespace: str, name: str, audiences: list[str] | None, seconds: int, pod: Pod | None
     ) -> str:

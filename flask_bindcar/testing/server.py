@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask_bindcar.testing.handler import failure
 from flask_bindcar.testing.objects import ObjectEndpoints
+from flask_bindcar.testing.oidc import serve_documents
 from flask_bindcar.testing.reviews import SAR_PATH, SSAR_PATH, TOKENREVIEW_PATH, ReviewEndpoints
 
 
@@ -16,7 +17,7 @@ class Handler(ReviewEndpoints, ObjectEndpoints):
     """The stand-in's request handler: its routes, over the endpoints of both kinds."""
 
     def do_GET(self) -> None:
-        if self._core_api("GET") or self._object_api("GET"):
+        if serve_documents(self) or self._core_api("GET") or self._object_api("GET"):
             return
         if self.path.split("?")[0].rstrip("/") == "/version":
             if self._apply_fault():

@@ -14,10 +14,13 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from flask_bindcar.testing.authorizer import Rules
 from flask_bindcar.testing.interface import Pod, ServiceAccount, now_rfc3339
+
+if TYPE_CHECKING:
+    from flask_bindcar.testing.oidc import Issuer
 
 Fault = Literal["error500", "garbage", "reset", "hang", "no_user", "no_audiences"]
 FAULTS: tuple[Fault, ...] = ("error500", "garbage", "reset", "hang", "no_user", "no_audiences")
@@ -54,9 +57,15 @@ class ClusterState(Protocol):
     access_reviews_served: int
     access_review_requests: int
     access_reviews: list[dict[str, Any]]
+    admins: set[str]
+    issuer: Issuer
+    """The ServiceAccount signing keys (`flask_bindcar.testing.oidc`)."""
 
     @property
     def port(self) -> int: ...
+
+    @property
+    def url(self) -> str: ...
 
     def create_service_account(self, namespace: str, name: str) -> ServiceAccount: ...
 
