@@ -24,6 +24,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_bindcar.jwks import key_id, parse_jwks, public_jwk
+from flask_bindcar.jwtcheck import LocalRejection, accepted_outcome, verify
 from flask_bindcar.testing import API_AUDIENCE, DEFAULT_CALLER, ISSUER, AssetsMissing, FakeCluster, RealCluster
 
 Cluster = FakeCluster | RealCluster
@@ -337,6 +338,75 @@ SCENARIOS: dict[str, tuple[Callable[[Cluster], Case], dict[str, Any]]] = {
 def test_tokenreview_contract(any_cluster: Cluster, scenario: str) -> None:
     make, expected = SCENARIOS[scenario]
     assert review(any_cluster, make(any_cluster)) == expected
+
+
+# -- The local check's column: what the issuer's published keys alone decide ----------------------
+
+LOCAL: dict[str, str | None] = {
+    "valid token": "accepted",
+    "token for another audience": "audience",
+    "several audiences: the intersection, in the requested order": "accepted",
+    "no audience requested: the API server's own": None,
+    "API-audience token where bindcar is required": "audience",
+    "expired": "expired",
+    "not yet valid": "not_yet_valid",
+    "forged signature": "signature",
+    "forged, naming the issuer's kid": "signature",
+    "forged, naming a kid the issuer does not have": "no_key",
+    "expired within kube's minute of leeway": "accepted",
+    "not yet valid within the leeway": "accepted",
+    "expired and for another audience: the audiences come first": "audience",
+    "expired and not yet valid: nbf comes first": "not_yet_valid",
+    "issued in the future": "issued_in_future",
+    "issued in the future, within the leeway": "accepted",
+    "not a JWT": "undecided",
+    "a JWT of another issuer": "undecided",
+    "deleted ServiceAccount": "accepted",
+    "ServiceAccount deleted and created again": "accepted",
+    "token bound to a pod": "accepted",
+    "deleted bound pod": "accepted",
+    "non-ServiceAccount user": None,
+    "non-ServiceAccount user, bindcar audience": "undecided",
+    "caller without RBAC": "accepted",
+    "caller the API server does not know": "accepted",
+}
+"""For each TokenReview scenario, what `flask_bindcar.jwtcheck.verify` answers with the keys the
+cluster publishes: the `LocalRejection` reason, "accepted" (the TokenReview still has the last
+word: the objects, the caller), "undecided" (only the API server can say), or None where no
+audience is requested (flask-bindcar always requests its own)."""
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_local_check_answers_as_the_tokenreview(any_cluster: Cluster, scenario: str) -> None:
+    """Where the published keys refuse a token, the refusal is the row's TokenReview answer, text
+    for text; where they accept one that the TokenReview accepts, the user and audiences are its."""
+    make, expected = SCENARIOS[scenario]
+    c = any_cluster
+    case = make(c)
+    keys = parse_jwks(get(c, "/openid/v1/jwks", c.caller_token)[3])
+    if case.audiences is None:
+        assert LOCAL[scenario] is None
+        return
+    try:
+        claims = verify(case.token, keys, [ISSUER], case.audiences)
+    except LocalRejection as refused:
+        assert refused.reason == LOCAL[scenario]
+        assert _rejected(_generic(refused.error, case)) == expected
+        return
+    assert ("undecided" if claims is None else "accepted") == LOCAL[scenario]
+    if claims is not None and expected.get("authenticated"):
+        user = accepted_outcome(claims).user or {}
+        assert {
+            "code": 201,
+            "authenticated": True,
+            "user": {
+                "username": _generic(user["username"], case),
+                "uid": _generic(user["uid"], case),
+                "groups": [_generic(g, case) for g in user["groups"]],
+                "extra": sorted(user.get("extra", {})),
+            },
+            "audiences": list(claims.granted),
+        } == expected
 
 
 # -- The issuer's documents: OpenID discovery and the signing keys ---------------------------------

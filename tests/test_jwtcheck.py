@@ -460,11 +460,15 @@ def test_user_info_is_kube_apiservers(
 
 
 def _fake_keys(cluster: FakeCluster) -> KeySet:
-    """FakeCluster's signing key, under the kid its tokens carry (it serves no JWKS of its own yet)."""
-    key = serialization.load_pem_public_key(cluster.public_key_pem)
-    assert isinstance(key, rsa.RSAPublicKey)
-    kid = jwt.get_unverified_header(cluster.token("zones", "probe"))["kid"]
-    return KeySet((VerificationKey(kid, key, "RSA"),))
+    """FakeCluster's signing keys, from its ``/openid/v1/jwks`` as kube-apiserver publishes them."""
+    response = requests.get(
+        cluster.url + "/openid/v1/jwks",
+        headers={"Authorization": f"Bearer {cluster.caller_token}"},
+        verify=str(cluster.ca_path),
+        timeout=30,
+    )
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/jwk-set+json"
+    return parse_jwks(response.content)
 
 
 def _review(cluster: FakeCluster | RealCluster, token: str, audiences: list[str]) -> bytes:
