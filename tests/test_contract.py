@@ -481,6 +481,17 @@ def test_issuer_documents_contract(any_cluster: Cluster, path: str) -> None:
     }
 
 
+def test_a_user_granted_the_path_may_read_the_keys(any_cluster: Cluster) -> None:
+    """Beyond the default binding, RBAC decides: a user given ``get`` on a path reads that path, and
+    that path alone (``/openid/v1/jwks/``, which no other test reads as jane: the grant outlives
+    the test on the shared RealCluster)."""
+    c = any_cluster
+    jane = c.add_caller("jane", can_review=False)
+    c.allow("jane", "get", path="/openid/v1/jwks/")
+    assert get(c, "/openid/v1/jwks/", jane)[:3] == (200, "application/jwk-set+json", "public, max-age=3600")
+    assert get(c, "/openid/v1/jwks", jane) == _forbidden_path("jane", "/openid/v1/jwks")
+
+
 def test_the_published_key_is_the_one_tokens_name(any_cluster: Cluster) -> None:
     """The JWKS has one RSA key; its kid is kube-apiserver's key ID of it, tokens carry that kid,
     and it verifies them."""

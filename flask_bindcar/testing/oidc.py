@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask_bindcar.jwks import key_id, public_jwk
 from flask_bindcar.testing.handler import failure
 from flask_bindcar.testing.interface import ISSUER
+from flask_bindcar.testing.rbac import groups_of
 from flask_bindcar.testing.state import ReviewError
 
 if TYPE_CHECKING:
@@ -138,6 +139,17 @@ def check_times(claims: dict[str, Any], now: float | None = None) -> None:
         raise ReviewError("[invalid bearer token, service account token is issued in the future]")
 
 
+def _may_read(handler: BaseHandler, user: str, path: str) -> bool:
+    """kube-apiserver's default ``system:service-account-issuer-discovery`` binding (the group
+    ``system:serviceaccounts``), the stand-in's `admins`, or a rule given with ``allow(path=...)``."""
+    cluster = handler.cluster
+    groups = ["system:unauthenticated"] if user == "system:anonymous" else groups_of(user)
+    if user in cluster.admins or "system:serviceaccounts" in groups:
+        return True
+    spec = {"user": user, "groups": groups, "nonResourceAttributes": {"path": path, "verb": "get"}}
+    return bool(cluster.rbac.decide(spec)["allowed"])
+
+
 def serve_documents(handler: BaseHandler) -> bool:
     """Answer a GET of the discovery document or the JWKS (with or without a trailing slash) as
     kube-apiserver does; False for any other path."""
@@ -152,7 +164,7 @@ def serve_documents(handler: BaseHandler) -> bool:
     if user is None:
         handler._send_json(401, failure(401, "Unauthorized", "Unauthorized"))
         return True
-    if user not in cluster.admins and not user.startswith("system:serviceaccount:"):
+    if not _may_read(handler, user, path):
         message = f'forbidden: User "{user}" cannot get path "{path}"'
         handler._send_json(403, failure(403, "Forbidden", message, {}))
         return True
