@@ -162,6 +162,36 @@ class _ClientBuild:
             self.done.set()
 
 
+def _raw_get(client: ApiClient, path: str, timeout: float) -> Any:
+    """GET ``path`` with the client's credential: the raw urllib3 response, `ApiException` if not 2xx.
+
+    What the generated methods do with ``_preload_content=False``, for a path no generated method
+    has: the client since 35 (``param_serialize``, then ``call_api``) and before it (python-legacy).
+    """
+    headers = {"Accept": "application/json, application/jwk-set+json"}
+    api: Any = client  # the two generators' call_api differ; each is called as it is defined
+    serialize = getattr(api, "param_serialize", None)
+    if serialize is None:  # pragma: no cover - kubernetes < 35, not installed in the test environment
+        return api.call_api(
+            path,
+            "GET",
+            header_params=headers,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+    from kubernetes.client.exceptions import ApiException
+
+    response = api.call_api(
+        *serialize("GET", path, header_params=headers, auth_settings=["BearerToken"]), _request_timeout=timeout
+    )
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
 class ApiServerClient:
     """Sends TokenReviews and SubjectAccessReviews with the official client; one client per process."""
 
@@ -234,6 +264,25 @@ class ApiServerClient:
         started = time.monotonic()
         api = self.authorization_api(started + self._config.review_timeout, failed)
         return self._post(api, api.create_subject_access_review, body, secret="", failed=failed, started=started)
+
+    def get(self, path: str, failed: Failed) -> bytes:
+        """GET ``path`` of the API server (the issuer's discovery document, its ``/openid/v1/jwks``)
+        with the client's credential: the raw body, or ``failed(why, reason)`` raised.
+
+        The same deadline (``review_timeout``, counted before the client is built) and answer cap
+        as a TokenReview, so a key fetch can hold a thread no longer than a review can.
+        """
+        started = time.monotonic()
+        client = self.api(started + self._config.review_timeout, failed).api_client
+        timeout = self._config.review_timeout
+        return call_api(
+            lambda: _raw_get(client, path, timeout),
+            host=client.configuration.host,
+            timeout=timeout,
+            secret="",
+            failed=failed,
+            started=started,
+        )
 
     def _post(
         self,
