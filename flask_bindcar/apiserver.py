@@ -166,12 +166,13 @@ def _raw_get(client: ApiClient, path: str, timeout: float) -> Any:
     """GET ``path`` with the client's credential: the raw urllib3 response, `ApiException` if not 2xx.
 
     What the generated methods do with ``_preload_content=False``, for a path no generated method
-    has: the client since 35 (``param_serialize``, then ``call_api``) and before it (python-legacy).
+    has, with the client's current generator (``param_serialize``, then ``call_api``) and with the
+    python-legacy one of older releases (one ``call_api``).
     """
     headers = {"Accept": "application/json, application/jwk-set+json"}
     api: Any = client  # the two generators' call_api differ; each is called as it is defined
     serialize = getattr(api, "param_serialize", None)
-    if serialize is None:  # pragma: no cover - kubernetes < 35, not installed in the test environment
+    if serialize is None:  # pragma: no cover - the python-legacy client, not the one tested
         return api.call_api(
             path,
             "GET",

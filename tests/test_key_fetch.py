@@ -18,7 +18,7 @@ import pytest
 from flask_bindcar.apiserver import ApiServerClient
 from flask_bindcar.config import AuthConfig
 from flask_bindcar.jwks import KeyStore, KeysUnavailable, parse_jwks
-from flask_bindcar.testing import FakeCluster
+from flask_bindcar.testing import FakeCluster, RealCluster
 from tests.hostile_api import HostileAPI, http_reply
 
 JWKS = "/openid/v1/jwks"
@@ -45,6 +45,14 @@ def kid(token: str) -> str:
 def test_the_keys_come_through_the_client(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
     keys = parse_jwks(client_for(fake_kubeconfig).get(JWKS, unavailable))
     assert keys.kids == (kid(fake_cluster.caller_token),)
+
+
+@pytest.mark.cluster
+def test_the_keys_come_through_the_client_from_a_real_kube_apiserver(real_cluster: RealCluster, tmp_path: Path) -> None:
+    """The caller's ServiceAccount reads the real ``/openid/v1/jwks`` through the default binding."""
+    kubeconfig = real_cluster.write_kubeconfig(tmp_path / "kubeconfig")
+    keys = parse_jwks(client_for(kubeconfig).get(JWKS, unavailable))
+    assert keys.kids == (kid(real_cluster.caller_token),)
 
 
 def test_a_rotated_key_is_fetched_once_a_token_names_it(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
