@@ -1,0 +1,81 @@
+"""The soak's oracle: what each request should have been answered, around faults and changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from soak.oracle import ALLOW, DENY, Change, Oracle, Outage, Request, Windows
+
+
+def request(
+    t0: float,
+    status: int,
+    *,
+    truth: str = ALLOW,
+    subject: str = "token:a",
+    error: str = "",
+    allow: int = 200,
+    t1: float | None = None,
+) -> Request:
+    return Request("kind", subject, truth, allow, t0, t0 + 0.01 if t1 is None else t1, status, error)
+
+
+OUTAGE_401 = "Token validation failed: TokenReview API call failed: connection refused"
+
+
+@pytest.fixture
+def oracle() -> Oracle:
+    return Oracle(
+        Windows(
+            cache_ttl=10, stale_ttl=30, authz_allowed_ttl=10, authz_denied_ttl=10, review_timeout=5, outage_grace=5
+        ),
+        outages=[Outage("apiserver-kill", 100.0, 110.0)],
+        changes=[
+            Change("token:victim", 50.0, 51.0, DENY),
+            Change("zone:rot", 200.0, 201.0, ALLOW),
+            Change("zone:rot", 300.0, 301.0, DENY),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("req", "verdict"),
+    [
+        (request(10, 200), "ok"),
+        (request(10, 401, error="Token validation failed: token not authenticated"), "wrong_deny"),
+        (request(10, 401, error=OUTAGE_401), "wrong_deny"),
+        (request(105, 401, error=OUTAGE_401), "ok"),
+        (request(114, 503), "ok"),
+        (request(120, 503), "wrong_deny"),
+        (request(120, 500), "undocumented"),
+        (request(120, 0, error="ConnectionError"), "undocumented"),
+        (request(10, 200, t1=16.5), "hung"),
+        (request(10, 200, truth=DENY), "wrong_allow"),
+        (request(105, 200, truth=DENY), "wrong_allow"),
+        (request(105, 401, truth=DENY, error=OUTAGE_401), "ok"),
+        # the deleted account: allowed until kube-apiserver's 10 s + our TTL + the margin have passed
+        (request(45, 200, subject="token:victim"), "ok"),
+        (request(70, 200, subject="token:victim"), "ok"),
+        (request(75, 200, subject="token:victim"), "wrong_allow"),
+        (request(75, 401, subject="token:victim", error="Token validation failed: x"), "ok"),
+        (request(45, 401, subject="token:victim", error="Token validation failed: x"), "wrong_deny"),
+        # the rotating grant: either answer while the authorization caches may lag
+        (request(150, 403, subject="zone:rot", truth=DENY, allow=404), "ok"),
+        (request(150, 404, subject="zone:rot", truth=DENY, allow=404), "wrong_allow"),
+        (request(205, 403, subject="zone:rot", truth=DENY, allow=404), "ok"),
+        (request(220, 403, subject="zone:rot", truth=DENY, allow=404), "wrong_deny"),
+        (request(220, 404, subject="zone:rot", truth=DENY, allow=404), "ok"),
+        (request(310, 404, subject="zone:rot", truth=DENY, allow=404), "ok"),
+        (request(320, 404, subject="zone:rot", truth=DENY, allow=404), "wrong_allow"),
+    ],
+)
+def test_oracle(oracle: Oracle, req: Request, verdict: str) -> None:
+    assert oracle.judge(req) == verdict
+
+
+def test_stale_window_extends_a_deleted_accounts_grace_only_in_an_outage() -> None:
+    oracle = Oracle(
+        Windows(), outages=[Outage("apiserver-kill", 60.0, 100.0)], changes=[Change("token:v", 50.0, 51.0, DENY)]
+    )
+    assert oracle.judge(request(85, 200, subject="token:v")) == "ok"
+    assert oracle.judge(request(95, 200, subject="token:v")) == "wrong_allow"
