@@ -89,13 +89,15 @@ clean:
 # restarted on a schedule. Results in build/soak/ (result.json, timeline.png); exits non-zero on
 # any wrong decision, hung request or undocumented 5xx. `soak-short` (about 3 minutes, one
 # kill-and-restart) is the CI version (the picture only when matplotlib, the bench extra, is
-# installed); `soak` runs the full schedule for SOAK_SECONDS.
+# installed); `soak` runs the full schedule for SOAK_SECONDS. SOAK_ADAPTER=wsgi soaks the WSGI
+# middleware instead of the Flask extension.
 SOAK_SECONDS ?= 1800
 SOAK_OUT ?= build/soak
+SOAK_ADAPTER ?= flask
 
 .PHONY: soak soak-short
 soak: $(BENCH_STAMP) cluster-assets
-	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/python -m soak --full --seconds $(SOAK_SECONDS) --out $(SOAK_OUT)/full
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/python -m soak --full --adapter $(SOAK_ADAPTER) --seconds $(SOAK_SECONDS) --out $(SOAK_OUT)/full
 
 soak-short: $(STAMP) cluster-assets
-	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/python -m soak --seconds 150 --out $(SOAK_OUT)/short
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) $(BIN)/python -m soak --adapter $(SOAK_ADAPTER) --seconds 150 --out $(SOAK_OUT)/short

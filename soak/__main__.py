@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=150.0, help="seconds of load (default 150)")
     parser.add_argument("--out", type=Path, default=Path("build/soak"), help="result.json, timeline.png, logs")
     parser.add_argument("--full", action="store_true", help="the full fault schedule (needs 300 s or more)")
+    parser.add_argument(
+        "--adapter", choices=("flask", "wsgi"), default="flask", help="BindcarAuth or the WSGI middleware"
+    )
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second offered (default 150)")
     parser.add_argument("--max-requests", type=int, default=2_000_000)
     args = parser.parse_args(argv)
@@ -22,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--full needs --seconds 300 or more (its longest outage is the stale window + 15 s)")
     if not args.full and args.seconds < 40:
         parser.error("--seconds must be 40 or more")
-    soak = Soak(args.seconds, args.out, full=args.full, rate=args.rate, max_requests=args.max_requests)
+    soak = Soak(
+        args.seconds, args.out, full=args.full, adapter=args.adapter, rate=args.rate, max_requests=args.max_requests
+    )
     result = soak.run()
     try:
         from soak.plot import timeline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from soak.oracle import ALLOW, DENY, Change, Oracle, Outage, Request, Windows
@@ -79,3 +81,22 @@ def test_stale_window_extends_a_deleted_accounts_grace_only_in_an_outage() -> No
     )
     assert oracle.judge(request(85, 200, subject="token:v")) == "ok"
     assert oracle.judge(request(95, 200, subject="token:v")) == "wrong_allow"
+
+
+@pytest.mark.parametrize("seconds", [300, 900, 1800])
+def test_the_full_schedule_leaves_each_outage_time_to_end_before_the_next_fault(seconds: int) -> None:
+    from soak.run import Plan
+
+    events = Plan.full(seconds, stale_ttl=30).events
+    assert [e[0] for e in events] == sorted(e[0] for e in events)
+    for (at, _, down), (after, _, _) in itertools.pairwise(events):
+        assert at + down + 5 < after  # kube-apiserver is ready 3-4 s after it starts
+    assert events[-1][0] + events[-1][2] + 15 < seconds
+
+
+def test_the_short_schedule_has_one_kill_a_deleted_account_and_a_rotated_grant() -> None:
+    from soak.run import Plan
+
+    names = [name for _, name, _ in Plan.short(150).events]
+    assert names.count("apiserver-kill") == 1
+    assert {"delete-sa", "grant", "revoke"} <= set(names)
