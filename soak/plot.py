@@ -36,13 +36,12 @@ def timeline(result: dict[str, Any], path: Path) -> None:
     step = max(1, len(tl["t"]) // 30000)
     ax2.scatter(tl["t"][::step], tl["ms"][::step], s=2, c="#1f77b4", alpha=0.3, linewidths=0)
     bad = tl["bad"]
-    if bad:
-        ax2.scatter([tl["t"][i] for i in bad], [tl["ms"][i] for i in bad], s=30, c="red", marker="x", label="wrong")
-        ax2.legend(loc="upper right", fontsize=8)
+    ax2.scatter([tl["t"][i] for i in bad], [tl["ms"][i] for i in bad], s=30, c="red", marker="x", label="judged wrong")
     ax2.set_yscale("log")
     ax2.set_ylabel("latency (ms)")
     hung = 1000 * result["windows"]["review_timeout"] + 1000
-    ax2.axhline(hung, color="red", lw=0.8, ls=":")
+    ax2.axhline(hung, color="red", lw=0.8, ls=":", label="hung: review timeout + 1 s")
+    ax2.legend(loc="upper right", fontsize=8)
     rss: dict[str, list[tuple[float, float]]] = {}
     for sample in result["rss_samples"]:
         for pid, mib in sample["rss_mib"].items():
@@ -63,8 +62,10 @@ def timeline(result: dict[str, Any], path: Path) -> None:
     totals = result["totals"]
     fig.suptitle(
         f"flask-bindcar soak ({result['mode']}, {result['load_seconds']:.0f} s, {totals['requests']} requests, "
-        f"wrong decisions: {totals['verdicts'].get('wrong_allow', 0)} allows, "
-        f"{totals['verdicts'].get('wrong_deny', 0)} denies)",
+        f"wrong allows {totals['verdicts'].get('wrong_allow', 0)}, "
+        f"wrong denies {totals['verdicts'].get('wrong_deny', 0)}, "
+        f"undocumented {totals['verdicts'].get('undocumented', 0)}, hung {totals['verdicts'].get('hung', 0)}; "
+        "red spans: outages, dashed: changes)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -451,7 +451,13 @@ class Soak:
                 {**asdict(o), "start": round(o.start - t0, 3), "end": round(o.end - t0, 3)} for o in self.oracle.outages
             ],
             "changes": [
-                {**asdict(c), "start": round(c.start - t0, 3), "end": round(c.end - t0, 3)} for c in self.oracle.changes
+                {
+                    **asdict(c),
+                    "start": round(c.start - t0, 3),
+                    "end": round(c.end - t0, 3),
+                    "old_answer_until_s": _old_answer_until(c, records),
+                }
+                for c in self.oracle.changes
             ],
             "recoveries": self.recoveries,
             "worker_rss_mib": rss,
@@ -475,6 +481,17 @@ def _warm_up(url: str, callers: dict[str, list[Caller]], rbac: bool) -> None:
                 requests.request(
                     caller.method, url + caller.path, headers={"Authorization": f"Bearer {caller.token}"}, timeout=20
                 )
+
+
+def _old_answer_until(change: Change, records: list[Any]) -> float | None:
+    """Seconds after ``change`` was confirmed that its subject last got the answer from before it."""
+    last = None
+    for r in records:
+        if r.subject == change.subject and r.t0 >= change.start:
+            allowed = r.status == r.allow_status
+            if allowed != (change.to == ALLOW) and r.status in (r.allow_status, 401, 403):
+                last = r.t0
+    return None if last is None else round(last - change.end, 3)
 
 
 def _stats(chosen: list[tuple[Any, str]]) -> dict[str, Any]:
