@@ -41,6 +41,7 @@ from flask_bindcar.errors import (
 from flask_bindcar.identity import Identity
 from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import APP_POLICY, ViewPolicy, authorize, identity_from_review
+from flask_bindcar.precheck import PreCheck
 from flask_bindcar.ratelimit import FailureLimiter
 from flask_bindcar.rbac import RBAC, Attributes
 from flask_bindcar.target import path_problem, raw_path
@@ -101,6 +102,7 @@ class Authenticator:
         self._secret_digest = _digest(config.api_token) if config.api_token else None
         self.reviewer: ApiServerClient | None = None
         self.cache: ReviewCache | None = None
+        self.precheck: PreCheck | None = None
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self._generic = config.error_detail == "generic"
         self.recorder = recorder if recorder is not None else Recorder(get_metrics())
@@ -112,6 +114,7 @@ class Authenticator:
         )
         if config.mode == "tokenreview":
             self.reviewer = ApiServerClient(config)
+            self.precheck = PreCheck(config, self.reviewer)
             self.cache = ReviewCache(
                 ttl=config.cache_ttl,
                 failure_ttl=config.cache_failure_ttl,
@@ -329,10 +332,9 @@ class Authenticator:
                 trace.found(method=identity.method)
             return identity
         audiences = self.config.audiences
-        if trace is not None:
-            trace.enter("token review")
         started = time.perf_counter()
-        outcome, cache = self.cache.get_or_review(token, audiences, self._review)
+        review = self._review if trace is None else lambda t, a: self._review(t, a, trace)
+        outcome, cache = self.cache.get_or_review(token, audiences, review)
         latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
         found[0], found[1] = cache, latency
         self.recorder.cache(cache)
@@ -346,6 +348,10 @@ class Authenticator:
                 known, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
             )
             return known
+        if trace.steps[-1] == ("local pre-check", None):  # refused locally: the TokenReview's own refusal
+            identity_from_review(outcome, audiences)
+        if trace.steps[-1][0] != "token review":
+            trace.enter("token review")
         trace.found(outcome=outcome, latency=latency)
         trace.enter("identity")
         identity = identity_from_review(outcome, audiences)
@@ -362,10 +368,25 @@ class Authenticator:
             trace.found(identity=identity)
         return identity
 
-    def _review(self, token: str, audiences: Sequence[str]) -> ReviewOutcome:
-        """One TokenReview call for a well-formed token, if a slot is free (the bulkhead)."""
+    def _review(self, token: str, audiences: Sequence[str], trace: Trace | None = None) -> ReviewOutcome:
+        """What the review cache asks for a token it does not hold: the local pre-check, then one
+        TokenReview call for a well-formed token, if a slot is free (the bulkhead).
+
+        A token the issuer's keys prove invalid gets the TokenReview's own answer without a call
+        (`flask_bindcar.precheck`); the cache keeps it as it keeps the API server's refusals.
+        """
         assert self.reviewer is not None
         check_token_format(token)
+        if self.precheck is not None:
+            if trace is not None:
+                trace.enter("local pre-check")
+            verdict, detail = self.precheck.check(token, audiences)
+            if verdict == "refused":
+                return detail.outcome(token)  # type: ignore[no-any-return]
+            if trace is not None:
+                trace.found(verdict=verdict, detail=detail)
+        if trace is not None:
+            trace.enter("token review")
         if not self.bulkhead.acquire(None):
             raise AuthError.api_call_failed(
                 OVERLOADED.format(slots=self.config.review_max_inflight), reason=API_OVERLOADED

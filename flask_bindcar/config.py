@@ -30,6 +30,7 @@ logger = logging.getLogger("flask_bindcar")
 Mode = Literal["basic", "tokenreview"]
 ErrorDetail = Literal["full", "generic"]
 CorsPreflight = Literal["authenticate", "answer"]
+Precheck = Literal["auto", "on", "off"]
 Source = Literal["keyword", "app.config", "environment", "default"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -251,6 +252,33 @@ def _authz(name: str, raw: Any) -> RBAC | None:
     raise _bad(name, raw, "'path', 'none' or (in code) an RBAC(...)")
 
 
+def _precheck(name: str, raw: Any) -> Precheck:
+    value = str(raw).strip().lower()
+    if value == "auto":
+        return "auto"
+    if value == "on":
+        return "on"
+    if value == "off":
+        return "off"
+    raise _bad(name, raw, "'auto', 'on' or 'off'")
+
+
+def _issuers(name: str, raw: Any) -> tuple[str, ...]:
+    return _parse_list(
+        name, raw, what="issuers (--service-account-issuer values)", valid=lambda i: not any(c.isspace() for c in i)
+    )
+
+
+def _jwks_url(name: str, raw: Any) -> str:
+    """An ``https://`` URL, fetched directly, or a path of the API server (``/openid/v1/jwks``),
+    fetched through the client."""
+    value = str(raw).strip()
+    if value.startswith("/") and not value.startswith("//") and not any(c.isspace() for c in value):
+        return value
+    _https_url(name, value)
+    return value
+
+
 def _text(name: str, raw: Any) -> str:
     value = str(raw).strip()
     if not value:
@@ -325,6 +353,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exempt_paths", "BINDCAR_EXEMPT_PATHS", "BIND_AUTH_EXEMPT_PATHS", frozenset(), _paths),
     Setting("cors_preflight", "BINDCAR_CORS_PREFLIGHT", "BIND_CORS_PREFLIGHT", None, _cors_preflight),
     Setting("allowed_methods", "BINDCAR_ALLOWED_METHODS", "BIND_ALLOWED_METHODS", KNOWN_METHODS, _methods),
+    Setting("token_precheck", "BINDCAR_TOKEN_PRECHECK", "BIND_TOKEN_PRECHECK", "auto", _precheck),
+    Setting("token_issuers", "BINDCAR_TOKEN_ISSUER", "BIND_TOKEN_ISSUER", None, _issuers),
+    Setting("jwks_url", "BINDCAR_JWKS_URL", "BIND_JWKS_URL", None, _jwks_url),
 )
 
 
@@ -384,6 +415,12 @@ class AuthConfig:
     it with its own ``OPTIONS`` response, the middleware authenticates it)."""
     allowed_methods: tuple[str, ...] = KNOWN_METHODS
     """Methods a request may use; any other is 405 before any review."""
+    token_precheck: Precheck = "auto"
+    """TokenReview mode: check tokens locally with the issuer's keys first (docs/local-verification.md)."""
+    token_issuers: tuple[str, ...] | None = None
+    """The trusted issuers; None: the API server's own, from its discovery document."""
+    jwks_url: str | None = None
+    """Where the keys are: an https URL or an API server path; None: the API server's /openid/v1/jwks."""
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
     """For each setting: where its value came from, and the name it was given there."""
 

@@ -82,6 +82,7 @@ def review(
     """
     from flask_bindcar.audit import Recorder
     from flask_bindcar.authenticator import Authenticator, Trace
+    from flask_bindcar.precheck import KEYS_UNAVAILABLE
 
     checks: list[Check] = []
     if route is not None:
@@ -119,7 +120,10 @@ def review(
         )
     except BindcarError as e:
         checks += [_step_check(step, facts) for step, facts in trace.steps if facts is not None]
-        checks.append(Check(trace.failed_step or "request", "fail", e.message))
+        message = e.message
+        if trace.failed_step == "local pre-check" and getattr(e, "reason", None) != KEYS_UNAVAILABLE:
+            message = f"refused locally: {message}"
+        checks.append(Check(trace.failed_step or "request", "fail", message))
         checks.append(Check("result", "fail", f"{e.code} {json.dumps({'error': e.message})}"))
         if isinstance(e, AccessDenied | AuthzUnavailable):  # every authentication step passed
             verdict = FORBIDDEN_VERDICT if isinstance(e, AccessDenied) else UNAVAILABLE_VERDICT
@@ -138,6 +142,15 @@ def _step_check(step: str, facts: dict[str, Any]) -> Check:
         return Check(step, "pass", f"a well-formed bearer token of {facts['length']} characters")
     if step == "basic mode":
         return Check(step, "pass", f"accepted ({facts['method']})")
+    if step == "local pre-check":
+        verdict, detail = facts["verdict"], facts["detail"]
+        if verdict == "verified":
+            return Check(step, "pass", f"signature and claims verified (kid {detail.kid}): the TokenReview decides")
+        if verdict == "undecided":
+            return Check(step, "pass", f"cannot decide: {detail}")
+        if verdict == "unavailable":
+            return Check(step, "pass", f"keys unavailable, the TokenReview decides: {detail}")
+        return Check(step, "pass", f"off: {detail}")
     if step == "token review":
         outcome = facts["outcome"]
         return Check(

@@ -239,7 +239,7 @@ def test_review_expired_token(fake_cluster: FakeCluster, fake_kubeconfig: Path, 
     result = run(["review", "--token-file", str(token_file)], tokenreview_env(fake_kubeconfig))
     assert result.returncode == 1
     message = "Token validation failed: [invalid bearer token, service account token has expired]"
-    assert f"✘ identity: {message}" in result.stdout
+    assert f"✘ local pre-check: refused locally: {message}" in result.stdout  # never sent to the TokenReview
     assert f"✘ result: 401 {json.dumps({'error': message})}" in result.stdout
     assert token not in result.stdout + result.stderr
 

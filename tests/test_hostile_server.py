@@ -59,7 +59,14 @@ def make_app(api: HostileAPI, tmp_path: Path, **overrides: Any) -> Flask:
     def zones() -> Any:
         return {"user": current_identity.username}
 
-    settings: dict[str, Any] = {"mode": "tokenreview", "kubeconfig": str(api.write_kubeconfig(tmp_path)), **overrides}
+    # The hostile server stands in for the TokenReview API only, answering every request with the
+    # scripted reply: these tests are about the TokenReview path, so no local pre-check asks it for keys.
+    settings: dict[str, Any] = {
+        "mode": "tokenreview",
+        "kubeconfig": str(api.write_kubeconfig(tmp_path)),
+        "token_precheck": "off",
+        **overrides,
+    }
     BindcarAuth(app, **settings)
     return app
 
