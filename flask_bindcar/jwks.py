@@ -21,6 +21,10 @@ server client with its deadline and answer cap, or over HTTPS from the issuer's 
 What a JWKS cannot show: with an external signer (``--service-account-signing-endpoint``), a key
 the signer marks ``ExcludeFromOIDCDiscovery`` still verifies tokens but is not published, so its
 tokens find no key here.
+
+About 500 lines because reading a key set and keeping it current are one job here: the parsing
+of each key type and the refetch rules (single flight, a floor between fetches, the age limit)
+share the state they protect, and split apart each half would explain the other.
 """
 
 from __future__ import annotations
