@@ -179,6 +179,7 @@ class Soak:
             BIND_TOKEN_REVIEW_TIMEOUT=str(w.review_timeout),
             BIND_AUTHZ_CACHE_ALLOWED_TTL=str(w.authz_allowed_ttl),
             BIND_AUTHZ_CACHE_DENIED_TTL=str(w.authz_denied_ttl),
+            BIND_AUTH_EXEMPT_PATHS="/api/v1/health,/api/v1/ready",  # the middleware's probes, as a Deployment sets them
             KUBECONFIG=str(kubeconfig),
             ZONE_AUTHZ="rbac",
             ZONE_DATA_DIR=str(self.out / "zones"),
