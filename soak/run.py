@@ -456,7 +456,7 @@ class Soak:
                     **asdict(c),
                     "start": round(c.start - t0, 3),
                     "end": round(c.end - t0, 3),
-                    "old_answer_until_s": _old_answer_until(c, records),
+                    "old_answer_until_s": _old_answer_until(c, records, self.oracle.changes),
                 }
                 for c in self.oracle.changes
             ],
@@ -484,11 +484,13 @@ def _warm_up(url: str, callers: dict[str, list[Caller]], rbac: bool) -> None:
                 )
 
 
-def _old_answer_until(change: Change, records: list[Any]) -> float | None:
-    """Seconds after ``change`` was confirmed that its subject last got the answer from before it."""
+def _old_answer_until(change: Change, records: list[Any], changes: list[Change]) -> float | None:
+    """Seconds after ``change`` was confirmed that its subject last got the answer from before it
+    (before the subject's next change; 401s of an outage count as denials)."""
+    until = min((c.start for c in changes if c.subject == change.subject and c.start > change.start), default=1e18)
     last = None
     for r in records:
-        if r.subject == change.subject and r.t0 >= change.start:
+        if r.subject == change.subject and change.start <= r.t0 < until:
             allowed = r.status == r.allow_status
             if allowed != (change.to == ALLOW) and r.status in (r.allow_status, 401, 403):
                 last = r.t0
