@@ -47,8 +47,8 @@ bench-docs: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.report $(BENCH_RESULTS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check flask_bindcar tests example_app benchmarks
-	$(BIN)/ruff format --check flask_bindcar tests example_app benchmarks
+	$(BIN)/ruff check flask_bindcar tests example_app benchmarks soak
+	$(BIN)/ruff format --check flask_bindcar tests example_app benchmarks soak
 	$(BIN)/mypy
 
 pytest: $(STAMP)
