@@ -46,14 +46,17 @@ def check_token_format(token: str) -> None:
 
 
 def is_cors_preflight(environ: Mapping[str, Any]) -> bool:
-    """Whether the WSGI request is a CORS preflight, the one request that passes without credentials.
+    """Whether the WSGI request is a CORS preflight without credentials, the one request an adapter
+    may answer without authenticating it (``BIND_CORS_PREFLIGHT``).
 
     A preflight is ``OPTIONS`` with both ``Origin`` and ``Access-Control-Request-Method`` (the Fetch
-    standard); browsers never attach credentials to it. Any other ``OPTIONS`` is authenticated like
-    every other method.
+    standard); browsers never attach credentials to it, so one that carries an ``Authorization``
+    header is authenticated like any request. Any other ``OPTIONS`` is authenticated like every
+    other method.
     """
     return (
         environ.get("REQUEST_METHOD") == "OPTIONS"
         and "HTTP_ORIGIN" in environ
         and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        and "HTTP_AUTHORIZATION" not in environ
     )

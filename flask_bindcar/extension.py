@@ -123,12 +123,7 @@ class _Guard:
         if exempt:
             clear_remote_user(environ)
             return None
-        if (
-            endpoint is not None
-            and self.answer_preflights
-            and "HTTP_AUTHORIZATION" not in environ
-            and is_cors_preflight(environ)
-        ):
+        if endpoint is not None and self.answer_preflights and is_cors_preflight(environ):
             clear_remote_user(environ)
             return self.app.make_default_options_response()
         _admit(self.auth, req, policy or APP_POLICY)
@@ -247,11 +242,8 @@ def auth_required(
         auth = _extension().authenticator()
         environ = req.environ
         if environ.get(ADMITTED_KEY) is not auth:  # the guard is off, or another layer's identity
-            if (
-                auth.config.cors_preflight != "authenticate"
-                and "HTTP_AUTHORIZATION" not in environ
-                and is_cors_preflight(environ)
-            ):  # the view runs only for an admitted caller
+            # the view runs only for an admitted caller
+            if auth.config.cors_preflight != "authenticate" and is_cors_preflight(environ):
                 return current_app.make_default_options_response()
             _admit(auth, req, policy)
         return current_app.ensure_sync(view)(*args, **kwargs)

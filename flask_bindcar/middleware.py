@@ -55,7 +55,7 @@ class BindcarMiddleware:
             clear_remote_user(environ)
             return self.app(environ, start_response)
         header = environ.get("HTTP_AUTHORIZATION")
-        if header is None and self.config.cors_preflight == "answer" and is_cors_preflight(environ):
+        if self.config.cors_preflight == "answer" and is_cors_preflight(environ):
             start_response("204 No Content", list(PREFLIGHT_HEADERS))
             return []
         try:
