@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import secrets
 import statistics
 import subprocess
@@ -76,24 +77,35 @@ def wsgi_cost(app: Callable[..., Iterable[bytes]], environ: dict[str, Any], n: i
 
 def warm_medians(apps: dict[str, Any], environ: dict[str, Any], quick: bool) -> dict[str, float]:
     """Seconds per request of each WSGI app, measured interleaved; each is first warmed up and
-    checked to really let the request through."""
+    checked to really let the request through.
+
+    Many short samples (200 requests), each round in a new random order: on a shared machine the
+    speed drifts within seconds, and an app measured always right after another pays for its
+    cache misses; short shuffled rounds spread both over every contender alike.
+    """
     for name, app in apps.items():
         status: list[str] = []
         body = b"".join(app(dict(environ), lambda s, h, e=None, status=status: status.append(s)))
         if not status[0].startswith("200") or body != b"ok":
             raise SystemExit(f"{name} refused the benchmark request: {status[0]} {body[:200]!r}")
-    n = 500 if quick else 2000
     return interleaved(
-        {name: (lambda app=app: wsgi_cost(app, environ, n)) for name, app in apps.items()}, 5 if quick else 15
+        {name: (lambda app=app: wsgi_cost(app, environ, 200)) for name, app in apps.items()},
+        30 if quick else 150,
+        shuffle=True,
     )
 
 
-def interleaved(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Median of each contender over rounds that alternate between them."""
+def interleaved(contenders: dict[str, Callable[[], float]], rounds: int, *, shuffle: bool = False) -> dict[str, float]:
+    """Median of each contender over rounds that alternate between them (in a new random order
+    each round with ``shuffle``)."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    shuffler = random.Random(0)
     for _ in range(rounds):
-        for name, measure in contenders.items():
-            samples[name].append(measure())
+        if shuffle:
+            shuffler.shuffle(order)
+        for name in order:
+            samples[name].append(contenders[name]())
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

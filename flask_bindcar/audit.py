@@ -67,7 +67,15 @@ class Recorder:
     def allowed(
         self, where: Where, identity: Identity, cache: CacheResult | None = None, latency: float | None = None
     ) -> None:
-        self._decided("allow", where, identity=identity, cache=cache, latency=latency)
+        """A request admitted by authentication; ``cache`` is how the review cache answered it
+        (counted here, in one step with the decision: this is the warm path)."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.requests.inc("allow", "ok")
+            if cache is not None:
+                metrics.cache.inc(*self._cache_labels[cache])
+        if not self.quiet and audit_logger.isEnabledFor(logging.INFO):
+            self._decided("allow", where, identity=identity, cache=cache, latency=latency, counted=True)
 
     def refused(
         self,
@@ -135,10 +143,11 @@ class Recorder:
         cache: CacheResult | None = None,
         latency: float | None = None,
         authorization: tuple[Attributes | None, str, str | None] | None = None,
+        counted: bool = False,
     ) -> None:
-        """Count the decision, and write its audit record when anyone listens."""
+        """Count the decision (unless ``counted`` already), and write its audit record when anyone listens."""
         reason = error.reason if error is not None else None
-        if self.metrics is not None:
+        if self.metrics is not None and not counted:
             if authorization is None:
                 self.metrics.requests.inc(result, reason or "ok")
             else:

@@ -122,6 +122,8 @@ class Authenticator:
                 max_size=config.cache_size,
                 wait_timeout=config.review_timeout,
             )
+        self._check_header_format = self.cache is None  # with a cache, only a miss checks it (`_review`)
+        self._review_once = self._review  # bound once: the warm path makes no method object per request
         self.authorizer = (
             Authorizer(config, self.reviewer, self.bulkhead, self.metrics) if self.reviewer is not None else None
         )
@@ -168,7 +170,8 @@ class Authenticator:
         """
         where: Where = (remote_addr, method, path)
         rules = policy.rbac or self.config.rbac
-        self.check_target(method, path, environ, rules, where)
+        if method not in self.config.allowed_methods or (rules is not None and rules.path):
+            self.check_target(method, path, environ, rules, where)
         identity = self.authenticate(header, where=where, trace=trace)
         if policy.narrows:
             self.authorize(identity, policy, where, trace)
@@ -229,6 +232,8 @@ class Authenticator:
         except AuthError as e:
             if self.limiter is not None and e.credential_failure:
                 self.limiter.record_failure(where[0])
+            if found[0] is not None:
+                self.recorder.cache(found[0])
             cache = found[0] or e.cache
             self.recorder.refused(e, where, cache=cache, latency=found[1] or e.review_latency_ms)  # type: ignore[arg-type]
             if self._generic:
@@ -317,7 +322,7 @@ class Authenticator:
         """
         if trace is not None:
             trace.enter("header")
-        token = bearer_token(header, check_format=self.cache is None or trace is not None)
+        token = bearer_token(header, check_format=self._check_header_format or trace is not None)
         if trace is not None:
             trace.found(length=len(token))
         if self.reviewer is None or self.cache is None:
@@ -333,21 +338,22 @@ class Authenticator:
             return identity
         audiences = self.config.audiences
         started = time.perf_counter()
-        review = self._review if trace is None else lambda t, a: self._review(t, a, trace)
+        review = self._review_once if trace is None else lambda t, a: self._review(t, a, trace)
         outcome, cache = self.cache.get_or_review(token, audiences, review)
         latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
         found[0], found[1] = cache, latency
-        self.recorder.cache(cache)
         if cache == "stale":
             logger.warning("accepting a stale TokenReview: the API server is unavailable")
         if trace is None:
-            known: Identity | None = outcome.memo.get(audiences)
-            if known is None:
-                known = outcome.memo[audiences] = identity_from_review(outcome, audiences)
+            admitted: Identity | None = outcome.memo.get(self)
+            if admitted is not None:  # this outcome passed this app's allowlists and pod binding before
+                return admitted
+            identity = identity_from_review(outcome, audiences)
             authorize(
-                known, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
+                identity, self.config.allowed_namespaces, self.config.allowed_service_accounts, self.config.require_pod
             )
-            return known
+            outcome.memo[self] = identity
+            return identity
         if trace.steps[-1] == ("local pre-check", None):  # refused locally: the TokenReview's own refusal
             identity_from_review(outcome, audiences)
         if trace.steps[-1][0] != "token review":

@@ -123,7 +123,7 @@ class _Guard:
         if exempt:
             clear_remote_user(environ)
             return None
-        if endpoint is not None and self.answer_preflights and is_cors_preflight(environ):
+        if self.answer_preflights and req.method == "OPTIONS" and endpoint is not None and is_cors_preflight(environ):
             clear_remote_user(environ)
             return self.app.make_default_options_response()
         _admit(self.auth, req, policy or APP_POLICY)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, Literal, TypeVar
 
@@ -43,12 +42,14 @@ E = TypeVar("E", bound=Exception)
 class Kept(Generic[V]):
     """An answer in the store: fresh until ``fresh_until``, usable when the call fails until ``stale_until``."""
 
-    __slots__ = ("fresh_until", "stale_until", "value")
+    __slots__ = ("fresh_until", "stale_until", "used", "value")
 
     def __init__(self, value: V, fresh_until: float, stale_until: float):
         self.value = value
         self.fresh_until = fresh_until
         self.stale_until = stale_until
+        self.used = False
+        """Read since the store last passed over it: it goes round once more before it is forgotten."""
 
 
 class _Flight(Generic[V, E]):
@@ -86,7 +87,8 @@ class SingleFlightCache(Generic[Q, V, E]):
         self._failed = failed
         self._what = what
         self._lock = threading.Lock()
-        self._kept: OrderedDict[Hashable, Kept[V]] = OrderedDict()
+        self._kept: dict[Hashable, Kept[V]] = {}
+        """Oldest first (insertion order): evicted by second chance, a cheap least-recently-used."""
         self._flights: dict[Hashable, _Flight[V, E]] = {}
 
     def __len__(self) -> int:
@@ -106,11 +108,15 @@ class SingleFlightCache(Generic[Q, V, E]):
         same way: a bug in reading an answer is a refusal, never a 500, and never kept.
         """
         now = time.monotonic()
+        kept = self._kept.get(key)  # a hit takes no lock: one dict read, and a flag set
+        if kept is not None and now < kept.fresh_until:
+            kept.used = True
+            return kept.value, "hit"
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 if now < kept.fresh_until:
-                    self._kept.move_to_end(key)
+                    kept.used = True
                     return kept.value, "hit"
                 if now >= kept.stale_until:
                     del self._kept[key]
@@ -150,10 +156,15 @@ class SingleFlightCache(Generic[Q, V, E]):
 
     def keep(self, key: Hashable, value: V, fresh_until: float, stale_until: float | None = None) -> None:
         """Keep ``value`` for ``key``: fresh until ``fresh_until`` (`time.monotonic`), kept until
-        ``stale_until`` (default: the same). The least recently used go past ``max_size``."""
+        ``stale_until`` (default: the same). Past ``max_size`` the oldest go, each read since it was kept given one more round (second chance)."""
         kept = Kept(value, fresh_until, fresh_until if stale_until is None else stale_until)
         with self._lock:
-            self._kept[key] = kept
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.max_size:
-                self._kept.popitem(last=False)
+            store = self._kept
+            store.pop(key, None)
+            store[key] = kept
+            while len(store) > self.max_size:  # the oldest goes, unless read since: then it goes round again
+                oldest = next(iter(store))
+                candidate = store.pop(oldest)
+                if candidate.used and candidate is not kept:
+                    candidate.used = False
+                    store[oldest] = candidate

@@ -360,18 +360,6 @@ def test_single_flight_and_rate_limit_under_gunicorn(
         assert fake_cluster.reviews_served == 2  # "nope" was reviewed once, then cached
 
 
-def test_cache_key_is_hmac_sha256() -> None:
-    import hashlib
-    import hmac
-    import os
-
-    from flask_bindcar.cache import HmacSha256
-
-    for key in (b"", os.urandom(32), os.urandom(64), os.urandom(65), os.urandom(100)):  # 64: SHA-256's block
-        for message in (b"", b"abc", os.urandom(5000)):
-            assert HmacSha256(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
-
-
 def test_sharded_counter_counts_every_increment_across_threads() -> None:
     from flask_bindcar.metrics import ShardedCounter
 

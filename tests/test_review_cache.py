@@ -213,10 +213,18 @@ def test_no_two_questions_share_a_key() -> None:
         ("a", ("bc",)),
         ("a", ("c", "b")),
         ("ab", ()),
+        ("", ("a",)),
+        ("\x00\x00\x00\x01a", ()),  # the token's bytes spell the frame of the audience above
+        ("a", ("",)),
+        ("a", ("", "")),
     ]
     keys = {cache.key(token, audiences) for token, audiences in questions}
     assert len(keys) == len(questions)
     assert cache.key("a", ("b",)) == cache.key("a", ["b"])  # a list and a tuple ask the same
+    other = ReviewCache(ttl=10, failure_ttl=10, max_size=10, wait_timeout=1)
+    assert other.key("a", ("b",)) != cache.key("a", ("b",))  # each cache's MAC has its own random key
+    token = "header.payload.signature" * 40
+    assert token.encode() not in cache.key(token, ("b",)) and len(cache.key(token, ("b",))) == 32
 
 
 def test_waiters_share_a_stale_answer_as_stale() -> None:
