@@ -26,7 +26,7 @@ from flask_bindcar.config import AuthConfig
 from flask_bindcar.errors import API_UNREACHABLE, CLIENT_FAILED, AuthError
 from flask_bindcar.scrub import log_unexpected
 from flask_bindcar.tokenreview import ReviewOutcome, api_failed, parse_review
-from flask_bindcar.transport import Failed, bound_connections, call_api
+from flask_bindcar.transport import Failed, bound_connections, call_api, call_end
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AuthenticationV1Api, AuthorizationV1Api, Configuration
@@ -223,7 +223,7 @@ class ApiServerClient:
             build = self._build
             if build is None or build.pid != pid or (build.done.is_set() and build.error is not None):
                 build = self._build = _ClientBuild(self._config, pid)
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        timeout = None if deadline is None else max(call_end(deadline) - time.monotonic(), 0.0)
         if not build.done.wait(timeout):
             raise (failed or api_failed)(f"no answer within {self._config.review_timeout:g}s", API_UNREACHABLE)
         if build.error is not None:

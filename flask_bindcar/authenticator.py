@@ -30,6 +30,7 @@ from flask_bindcar.errors import (
     API_OVERLOADED,
     INVALID_API_TOKEN,
     OVERLOADED,
+    OVERLOADED_UNVERIFIED,
     AccessDenied,
     AuthError,
     AuthzUnavailable,
@@ -46,6 +47,7 @@ from flask_bindcar.ratelimit import FailureLimiter
 from flask_bindcar.rbac import RBAC, Attributes
 from flask_bindcar.target import path_problem, raw_path
 from flask_bindcar.tokenreview import ReviewOutcome
+from flask_bindcar.transport import end_request_deadline, request_deadline
 
 logger = logging.getLogger("flask_bindcar")
 
@@ -62,6 +64,8 @@ NO_ALLOWLIST_WARNING = (
     "refuse to start without one."
 )
 BASIC_IDENTITY = Identity(method="basic")
+UNVERIFIED_SHARE = "tokens the issuer's keys could not vouch for"
+"""The bulkhead key every such token's TokenReview holds its slot under: together, one caller's share."""
 SHARED_SECRET_IDENTITY = Identity(method="shared-secret")
 
 
@@ -172,11 +176,16 @@ class Authenticator:
         rules = policy.rbac or self.config.rbac
         if method not in self.config.allowed_methods or (rules is not None and rules.path):
             self.check_target(method, path, environ, rules, where)
-        identity = self.authenticate(header, where=where, trace=trace)
-        if policy.narrows:
-            self.authorize(identity, policy, where, trace)
-        if rules is not None and (view_args is not None or not rules.view_args):
-            self.check_access(identity, rules, method, path or "/", view_args, where, trace)
+        asks_rbac = rules is not None and (view_args is not None or not rules.view_args)
+        deadline = request_deadline(self.config.review_timeout) if asks_rbac else None  # one for both reviews
+        try:
+            identity = self.authenticate(header, where=where, trace=trace)
+            if policy.narrows:
+                self.authorize(identity, policy, where, trace)
+            if asks_rbac:
+                self.check_access(identity, rules, method, path or "/", view_args, where, trace)  # type: ignore[arg-type]
+        finally:
+            end_request_deadline(deadline)
         return identity
 
     def check_target(
@@ -383,20 +392,36 @@ class Authenticator:
         """
         assert self.reviewer is not None
         check_token_format(token)
+        deadline = request_deadline(self.config.review_timeout)  # the keys and the TokenReview: one timeout
+        try:
+            return self._ask(token, audiences, trace)
+        finally:
+            end_request_deadline(deadline)
+
+    def _ask(self, token: str, audiences: Sequence[str], trace: Trace | None) -> ReviewOutcome:
+        """The pre-check, then the TokenReview. A token the keys could not vouch for (``undecided``:
+        a kid they lack, another issuer, no JWT at all) shares one caller's share of the review
+        slots with every other such token, so a flood of them cannot take the slots real callers need."""
+        assert self.reviewer is not None
+        share: str | None = None
         if self.precheck is not None:
             if trace is not None:
                 trace.enter("local pre-check")
             verdict, detail = self.precheck.check(token, audiences)
             if verdict == "refused":
                 return detail.outcome(token)  # type: ignore[no-any-return]
+            if verdict == "undecided":
+                share = UNVERIFIED_SHARE
             if trace is not None:
                 trace.found(verdict=verdict, detail=detail)
         if trace is not None:
             trace.enter("token review")
-        if not self.bulkhead.acquire(None):
-            raise AuthError.api_call_failed(
-                OVERLOADED.format(slots=self.config.review_max_inflight), reason=API_OVERLOADED
-            )
+        if not self.bulkhead.acquire(share):
+            if share is not None and self.bulkhead.held(share) >= self.bulkhead.per_key:
+                why = OVERLOADED_UNVERIFIED.format(held=self.bulkhead.held(share))
+            else:
+                why = OVERLOADED.format(slots=self.config.review_max_inflight)
+            raise AuthError.api_call_failed(why, reason=API_OVERLOADED)
         metrics = self.metrics
         started = time.perf_counter()
         if metrics is not None:
@@ -404,7 +429,7 @@ class Authenticator:
         try:
             return self.reviewer.review(token, audiences)
         finally:
-            self.bulkhead.release(None)
+            self.bulkhead.release(share)
             if metrics is not None:
                 metrics.inflight.dec()
                 metrics.review_duration.observe(time.perf_counter() - started)

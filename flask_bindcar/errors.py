@@ -75,6 +75,9 @@ TRANSIENT_REASONS = frozenset({API_UNREACHABLE, API_SERVER_ERROR})
 OVERLOADED = "overloaded: every review slot is busy ({slots} in flight)"
 """Why a review was not sent: this service's bulkhead was full. Says nothing of the caller's token."""
 OVERLOADED_CALLER = "overloaded: this caller's share of the review slots is in use ({held} in flight)"
+OVERLOADED_UNVERIFIED = (
+    "overloaded: the review slots for tokens the issuer's keys cannot vouch for are in use ({held} in flight)"
+)
 """Why a SubjectAccessReview was not sent: the caller holds its whole share of the slots."""
 
 # Failures caused by the client's own credential: the only ones BIND_AUTH_FAILURE_LIMIT counts.

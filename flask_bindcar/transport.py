@@ -17,7 +17,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from flask_bindcar.errors import API_BAD_RESPONSE, API_REJECTED, API_SERVER_ERROR, API_UNREACHABLE
@@ -38,6 +38,33 @@ _deadline: ContextVar[float | None] = ContextVar("bindcar_review_deadline", defa
 """The `time.monotonic` by which the current review must end. A context variable, not a
 thread-local: it stays per greenlet under gevent even when this module was imported before
 gevent patched ``threading`` (``gunicorn --preload``)."""
+
+_request_end: ContextVar[float | None] = ContextVar("bindcar_request_deadline", default=None)
+"""The `time.monotonic` by which every call made for the current request must end (`request_deadline`)."""
+
+
+def request_deadline(seconds: float) -> Token[float | None] | None:
+    """From now on, every call made for the current request ends within ``seconds`` of now, all of
+    them together: a request's key fetch, TokenReview and SubjectAccessReview share one review
+    timeout rather than taking one each. Returns the token for `end_request_deadline`, or None
+    when an earlier end is already set (it stays)."""
+    end = time.monotonic() + seconds
+    current = _request_end.get()
+    if current is not None and current <= end:
+        return None
+    return _request_end.set(end)
+
+
+def end_request_deadline(token: Token[float | None] | None) -> None:
+    """Undo `request_deadline` (a None token: nothing to undo)."""
+    if token is not None:
+        _request_end.reset(token)
+
+
+def call_end(end: float) -> float:
+    """``end``, or the current request's deadline when that comes first."""
+    request_end = _request_end.get()
+    return end if request_end is None or end < request_end else request_end
 
 
 class _BoundedReader(io.RawIOBase):
@@ -133,14 +160,15 @@ def call_api(
     """The body of one call of the client within a whole-call deadline of ``timeout`` seconds.
 
     The deadline counts from ``started`` (`time.monotonic`, default now): a caller that spent
-    time before the call (building the client) has only what is left. Whatever goes wrong raises
+    time before the call (building the client) has only what is left, and a request's later
+    calls only what its earlier ones left (`request_deadline`). Whatever goes wrong raises
     ``failed(why, reason)``, never another exception; ``why`` is scrubbed of ``secret`` (the
     token under review, if any).
     """
     import urllib3
     from kubernetes.client.exceptions import ApiException, OpenApiException
 
-    end = (time.monotonic() if started is None else started) + timeout
+    end = call_end((time.monotonic() if started is None else started) + timeout)
     if time.monotonic() >= end:
         raise failed(f"no answer within {timeout:g}s", API_UNREACHABLE)
     deadline = _deadline.set(end)

@@ -483,6 +483,22 @@ def test_outage_is_503_within_the_timeout_and_never_cached(
         assert call(client, zone_caller[1]).status_code == 200
 
 
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_one_review_timeout_for_all_the_reviews_of_a_request(fake: FakeCluster, fake_kc: Path, adapter: str) -> None:
+    """A request that needs a TokenReview and then a SubjectAccessReview gets one review timeout for
+    both, not one each: a slow API server (0.6 s a call, timeout 1 s) cannot hold it for 1.2 s. The
+    soak found requests held for two timeouts while kube-apiserver was frozen."""
+    user, token = new_caller(fake)
+    fake.allow(user, "delete", "zones", group=GROUP)
+    client = ADAPTERS[adapter](fake_kc, review_timeout=1)
+    fake.latency = 0.6
+    response = call(client, token)
+    assert (response.status_code, response.json) == (503, {"error": UNAVAILABLE + "no answer within 1s"})
+    assert response.headers["Retry-After"] == "1"
+    fake.latency = 0.0
+    assert call(client, token).status_code == 200  # the TokenReview was cached, the refusal was not
+
+
 def test_bulkhead_full_is_503(fake: FakeCluster, fake_kc: Path, zone_caller: tuple[str, str]) -> None:
     client = flask_app(fake_kc, review_max_inflight=1, review_timeout=2)
     assert call(client, zone_caller[1], method="GET").status_code == 403
