@@ -5,7 +5,9 @@ keys prove invalid is refused with the TokenReview's own answer and never sent
 `PreCheck.check` answers one of: ``refused`` (a `LocalRejection`), ``verified`` (the `Claims`: the
 TokenReview still decides), ``undecided`` (only the API server can say), ``unavailable`` (the keys
 could not be had: ``auto`` sends the token on) or ``off``. With ``on``, keys that cannot be had
-raise the TokenReview API-failure `AuthError` instead (fail closed).
+raise the TokenReview API-failure `AuthError` instead (fail closed). ``auto`` turns the check off
+for the process only when the keys are refused or unreadable (a 403, a document that is not one);
+when the API server does not answer, that is an outage: it tries again every `RETRY_INTERVAL`.
 
 The keys are a `KeyStore` built lazily in each process (a forked worker builds its own), fetched
 through `ApiServerClient.get` (the review's deadline and answer cap) or, for an https
@@ -24,7 +26,7 @@ from typing import Any, Literal
 
 from flask_bindcar.apiserver import ApiServerClient
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.errors import AuthError
+from flask_bindcar.errors import TRANSIENT_REASONS, AuthError
 from flask_bindcar.jwks import JWKSError, KeyStore, KeysUnavailable
 from flask_bindcar.jwtcheck import LocalRejection, verify
 from flask_bindcar.transport import MAX_RESPONSE_BYTES
@@ -43,7 +45,12 @@ Verdict = Literal["refused", "verified", "undecided", "unavailable", "off"]
 
 
 def _unavailable(path: str) -> Any:
-    return lambda why, reason: KeysUnavailable(f"GET {path}: {why} ({reason})")
+    def failed(why: str, reason: str) -> KeysUnavailable:
+        error = KeysUnavailable(f"GET {path}: {why} ({reason})")
+        error.outage = reason in TRANSIENT_REASONS  # type: ignore[attr-defined]
+        return error
+
+    return failed
 
 
 class PreCheck:
@@ -69,7 +76,9 @@ class PreCheck:
             return "undecided", "no audiences to check"
         store = self._keys()
         if store is None:
-            return "off", self._off
+            if self._off is not None:
+                return "off", self._off
+            return "unavailable", self._failed[1] if self._failed is not None else "no keys yet"
         fetches = store.fetches
         try:
             claims = verify(token, store, self.issuers, audiences)
@@ -102,13 +111,19 @@ class PreCheck:
             if self.store is not None or self._off is not None:
                 return self.store
             if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_INTERVAL:
-                raise AuthError.api_call_failed(self._failed[1], reason=KEYS_UNAVAILABLE)
+                if self.mode == "on":
+                    raise AuthError.api_call_failed(self._failed[1], reason=KEYS_UNAVAILABLE)
+                return None
             try:
                 self.store = self._setup()
             except (KeysUnavailable, JWKSError) as e:
                 if self.mode == "on":
                     self._failed = (time.monotonic(), str(e))
                     raise AuthError.api_call_failed(str(e), reason=KEYS_UNAVAILABLE) from None
+                if getattr(e, "outage", False):  # the API server did not answer: try again later
+                    self._failed = (time.monotonic(), str(e))
+                    logger.warning("local pre-check: no keys yet, tried again in %gs: %s", RETRY_INTERVAL, e)
+                    return None
                 self._off = str(e)
                 logger.warning("local pre-check off: %s", e)
             return self.store

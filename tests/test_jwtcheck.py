@@ -613,3 +613,13 @@ def test_the_check_answers_as_a_real_kube_apiserver(real_cluster: RealCluster) -
         "alg none": "signature",
         "another issuer": "undecided",
     }
+
+
+def test_the_whitespace_check_is_str_isspace() -> None:
+    """The issuer step leaves a token with any whitespace to the API server; the check runs in C
+    (a regular expression) and must mean exactly what ``str.isspace`` means, over all of Unicode."""
+    import sys
+
+    from flask_bindcar.jwtcheck import _WHITESPACE
+
+    assert [c for c in map(chr, range(sys.maxunicode + 1)) if bool(_WHITESPACE.search(c)) != c.isspace()] == []

@@ -264,3 +264,78 @@ def test_under_gunicorn(
     assert refused.headers["WWW-Authenticate"] == CHALLENGE
     assert allowed.status_code == 200
     assert fake_cluster.review_requests == 1
+
+
+def test_tokens_the_keys_cannot_vouch_for_hold_at_most_one_callers_share(
+    fake_cluster: FakeCluster, make_auth: Callable[..., Authenticator]
+) -> None:
+    """Forged tokens naming kids the issuer never had cannot be refused within the refetch interval
+    (a key rotated in since the last fetch would make them valid), so they go to the TokenReview:
+    but together they hold at most one caller's share of the slots, and a real caller with a fresh
+    token still gets one while they flood."""
+    import threading
+    import time
+
+    from flask_bindcar.errors import AuthError
+
+    auth = make_auth(review_max_inflight=4, review_timeout=5)
+    auth.authenticate(f"Bearer {fake_cluster.token(NS, SA, audiences=['bindcar'])}")  # the keys are loaded
+    claims = jwt.decode(fake_cluster.token(NS, SA, audiences=["bindcar"]), options={"verify_signature": False})
+    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    made_up = [
+        jwt.encode({**claims, "jti": f"j{n}"}, foreign, algorithm="RS256", headers={"kid": f"made-up-{n}"})
+        for n in range(4)
+    ]
+    fake_cluster.latency = 1.0
+    try:
+        answers: list[str] = []
+
+        def flood(token: str) -> None:
+            try:
+                auth.authenticate(f"Bearer {token}")
+            except AuthError as e:
+                answers.append(e.message)
+
+        threads = [threading.Thread(target=flood, args=(t,)) for t in made_up]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while len(answers) < 2 and time.monotonic() < deadline:  # the two over the share wait 0.25 s, then give up
+            time.sleep(0.01)
+        assert auth.bulkhead.inflight == 2
+        real = auth.authenticate(f"Bearer {fake_cluster.token(NS, 'real', audiences=['bindcar'])}")
+        assert real.username == f"system:serviceaccount:{NS}:real"
+        for t in threads:
+            t.join()
+    finally:
+        fake_cluster.latency = 0.0
+    assert (
+        sorted(answers)
+        == [
+            "Token validation failed: TokenReview API call failed: overloaded: the review slots for tokens the issuer's "
+            "keys cannot vouch for are in use (2 in flight)",
+        ]
+        * 2
+        + ["Token validation failed: [invalid bearer token, invalid signature, no keys found]"] * 2
+    )
+
+
+def test_auto_tries_the_keys_again_after_an_outage_rather_than_turning_off(
+    fake_cluster: FakeCluster, make_auth: Callable[..., Authenticator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API server that does not answer when a process first needs the keys is an outage, not a
+    cluster without published keys: the pre-check stays on and loads them once it answers."""
+    from flask_bindcar.errors import AuthError
+
+    monkeypatch.setattr("flask_bindcar.precheck.RETRY_INTERVAL", 0.0)
+    auth = make_auth(review_timeout=0.5)
+    with fake_cluster.faulty("hang"), pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {fake_cluster.token(NS, SA, audiences=['bindcar'])}")
+    assert info.value.message == "Token validation failed: TokenReview API call failed: no answer within 0.5s"
+    before = fake_cluster.review_requests
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {forged(fake_cluster)}")
+    assert info.value.message == (
+        "Token validation failed: [invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"
+    )
+    assert fake_cluster.review_requests == before  # refused by the keys, loaded now
