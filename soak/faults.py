@@ -75,3 +75,27 @@ def wait_ready(cluster: RealCluster, timeout: float = 90.0) -> float:
             return time.monotonic()
         time.sleep(0.1)
     raise TimeoutError(f"kube-apiserver not ready {timeout:.0f} s after a restart")
+
+
+REVIEW_RESOURCES = ("tokenreviews", "subjectaccessreviews")
+
+
+def review_counts(cluster: RealCluster, timeout: float = 2.0) -> dict[str, float] | None:
+    """kube-apiserver's own count of the TokenReviews and SubjectAccessReviews it has served
+    (``apiserver_request_total``, since it last started); None when it does not answer."""
+    import urllib.request
+
+    req = urllib.request.Request(cluster.url + "/metrics")  # noqa: S310 - https only
+    req.add_header("Authorization", f"Bearer {cluster._plane.admin_token}")
+    try:
+        with urllib.request.urlopen(req, context=cluster._plane.ssl, timeout=timeout) as response:  # noqa: S310
+            text = response.read().decode()
+    except OSError:
+        return None
+    counts = dict.fromkeys(REVIEW_RESOURCES, 0.0)
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            for resource in REVIEW_RESOURCES:
+                if f'resource="{resource}"' in line:
+                    counts[resource] += float(line.rsplit(" ", 1)[1])
+    return counts

@@ -25,12 +25,17 @@ from flask_bindcar.testing import RealCluster
 from soak import faults
 from soak.load import Caller, Load
 from soak.oracle import ALLOW, DENY, Change, Oracle, Outage, Windows
+from soak.proxy import SlowProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "soak"
 DELETER = "system:serviceaccount:dns-system:external-dns"
 ZONE_GROUP = "bindcar.firestoned.io"
 FRESH_ACCOUNTS = 8
+SLOW_API_DELAY = 0.5
+"""Seconds the slow-API fault adds to each chunk the app sends kube-apiserver: a TokenReview or
+SubjectAccessReview on a kept connection takes about that much longer, a new connection's TLS
+handshake about twice that, all within the review timeout."""
 TARGETS = {
     "flask": "example_app.app:create_app()",
     "wsgi": 'flask_bindcar.middleware:wrap("soak.wsgi_app:app")',
@@ -73,6 +78,7 @@ class Plan:
                 (0.25 * s, "grant", 0),
                 (0.40 * s, "revoke", 0),
                 (0.55 * s, "apiserver-kill", 8),
+                (0.75 * s, "slow-api", 0.08 * s),
             ],
         )
 
@@ -93,6 +99,7 @@ class Plan:
                 (0.70 * s, "revoke", 0),
                 (0.75 * s, "delete-pod", 0),
                 (0.85 * s, "apiserver-kill", 8),
+                (0.90 * s, "slow-api", 0.04 * s),
             ],
         )
 
@@ -168,6 +175,7 @@ class Soak:
     def _gunicorn(self, cluster: RealCluster) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         port = faults_free_port()
         kubeconfig = cluster.write_kubeconfig(self.out / "app.kubeconfig")
+        kubeconfig.write_text(kubeconfig.read_text().replace(cluster.url, self.proxy.url))  # through the proxy
         w = self.windows
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BIND_", "BINDCAR_", "KUBE", "GUNICORN_"))}
         env.update(
@@ -220,7 +228,8 @@ class Soak:
             f"soak: starting RealCluster ({'full' if self.full else 'short'}, {self.adapter}, "
             f"{self.seconds:.0f} s of load)"
         )
-        with RealCluster(workdir=self.out / "cluster") as cluster:
+        with RealCluster(workdir=self.out / "cluster") as cluster, SlowProxy(_address(cluster.url)) as proxy:
+            self.proxy = proxy
             callers = self._callers(cluster)
             with self._gunicorn(cluster) as (url, server):
                 _warm_up(url, callers, self.adapter == "flask")
@@ -358,6 +367,17 @@ class Soak:
             down,
         )
 
+    def _do_slow_api(self, cluster: RealCluster, load: Load, seconds: float) -> None:
+        """Every call of the app to kube-apiserver slowed by `SLOW_API_DELAY` per chunk sent, for ``seconds``."""
+
+        def slow() -> None:
+            self.proxy.delay = SLOW_API_DELAY
+
+        def fast() -> None:
+            self.proxy.delay = 0.0
+
+        self._outage(cluster, load, "slow-api", slow, fast, seconds)
+
     def _recover(self, cluster: RealCluster, load: Load, kind: str, start: float, back: float) -> None:
         """Time from /readyz ok to the first fresh token (never seen by the app) being accepted."""
         session = requests.Session()
@@ -408,6 +428,7 @@ class Soak:
     def _sample_once(self, cluster: RealCluster, master: int) -> None:
         sample: dict[str, Any] = {"t": round(time.monotonic() - self.t_start, 3)}
         sample["rss_mib"] = {str(pid): _rss_mib(pid) for pid in _children(master)}
+        sample["apiserver_reviews"] = faults.review_counts(cluster)
         self.samples.append(sample)
 
     # -- the result --------------------------------------------------------------------------
@@ -462,6 +483,7 @@ class Soak:
             ],
             "recoveries": self.recoveries,
             "worker_rss_mib": rss,
+            "reviews_per_second": _review_rates(self.samples, phases),
             "rss_samples": self.samples,
             "failures": failures[:200],
             "failure_count": len(failures),
@@ -549,6 +571,37 @@ def _rss_growth(samples: list[dict[str, Any]], seconds: float) -> dict[str, Any]
         "end": last,
         "growth": {pid: round(last[pid] - first[pid], 1) for pid in first if pid in last},
     }
+
+
+def _review_rates(samples: list[dict[str, Any]], phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """TokenReviews and SubjectAccessReviews per second that kube-apiserver served, from its own
+    counters sampled every 5 s: over the run and per phase. A counter that went down (the server
+    restarted) or a sample it did not answer leaves that interval out."""
+    intervals: list[tuple[float, float, dict[str, float]]] = []
+    for a, b in itertools.pairwise(samples):
+        ca, cb = a.get("apiserver_reviews"), b.get("apiserver_reviews")
+        if ca is None or cb is None or b["t"] <= a["t"]:
+            continue
+        deltas = {k: cb[k] - ca[k] for k in faults.REVIEW_RESOURCES}
+        if all(d >= 0 for d in deltas.values()):
+            intervals.append((a["t"], b["t"], deltas))
+
+    def rate(start: float, end: float) -> dict[str, float] | None:
+        chosen = [(t0, t1, d) for t0, t1, d in intervals if start <= t0 and t1 <= end]
+        seconds = sum(t1 - t0 for t0, t1, _ in chosen)
+        if not seconds:
+            return None
+        return {k: round(sum(d[k] for _, _, d in chosen) / seconds, 2) for k in faults.REVIEW_RESOURCES}
+
+    return {
+        "run": rate(float("-inf"), float("inf")),
+        "phases": [{"phase": p["phase"], "start": p["start"], "rates": rate(p["start"], p["end"])} for p in phases],
+    }
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    return host, int(port)
 
 
 def _children(pid: int) -> list[int]:

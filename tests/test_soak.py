@@ -94,9 +94,53 @@ def test_the_full_schedule_leaves_each_outage_time_to_end_before_the_next_fault(
     assert events[-1][0] + events[-1][2] + 15 < seconds
 
 
-def test_the_short_schedule_has_one_kill_a_deleted_account_and_a_rotated_grant() -> None:
+def test_the_short_schedule_has_one_kill_a_slow_api_a_deleted_account_and_a_rotated_grant() -> None:
     from soak.run import Plan
 
     names = [name for _, name, _ in Plan.short(150).events]
     assert names.count("apiserver-kill") == 1
-    assert {"delete-sa", "grant", "revoke"} <= set(names)
+    assert {"delete-sa", "grant", "revoke", "slow-api"} <= set(names)
+
+
+def test_review_rates_leave_out_restarts_and_unanswered_samples() -> None:
+    from soak.run import _review_rates
+
+    def sample(t: float, tr: float | None, sar: float = 0.0) -> dict[str, object]:
+        return {"t": t, "apiserver_reviews": None if tr is None else {"tokenreviews": tr, "subjectaccessreviews": sar}}
+
+    samples = [sample(0, 0), sample(5, 50, 10), sample(10, None), sample(15, 3), sample(20, 23, 5)]
+    phases = [{"phase": "steady", "start": 0.0, "end": 12.0}, {"phase": "apiserver-kill", "start": 12.0, "end": 20.0}]
+    rates = _review_rates(samples, phases)  # type: ignore[arg-type]
+    # kept: 0-5 s (50 and 10) and 15-20 s (20 and 5); 5-10 and 10-15 have no answer, none went down
+    assert rates == {
+        "run": {"tokenreviews": 7.0, "subjectaccessreviews": 1.5},
+        "phases": [
+            {"phase": "steady", "start": 0.0, "rates": {"tokenreviews": 10.0, "subjectaccessreviews": 2.0}},
+            {"phase": "apiserver-kill", "start": 12.0, "rates": {"tokenreviews": 4.0, "subjectaccessreviews": 1.0}},
+        ],
+    }
+    restarted = _review_rates([sample(0, 100), sample(5, 4)], phases)  # type: ignore[arg-type]
+    assert restarted["run"] is None and [p["rates"] for p in restarted["phases"]] == [None, None]
+
+
+def test_the_slow_proxy_passes_bytes_both_ways_unchanged() -> None:
+    import socket
+    import threading
+
+    from soak.proxy import SlowProxy
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data[::-1])
+
+    threading.Thread(target=echo, daemon=True).start()
+    with SlowProxy(server.getsockname()) as proxy, socket.create_connection(("127.0.0.1", proxy.port)) as client:
+        proxy.delay = 0.05
+        client.sendall(b"abc")
+        assert client.recv(10) == b"cba"
+    assert proxy.url == f"https://127.0.0.1:{proxy.port}"
+    server.close()
