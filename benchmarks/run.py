@@ -19,6 +19,11 @@ in ``tests/`` proves behaviour; this measures cost.
    about unique paths with 12 threads while 10 other callers make one request each; how many of
    the 10 are served, with the review slots shared by all (before) and with each caller's share
    (after). A count, not a cost.
+8. local verification (the pre-check of TokenReview mode): a forged-token flood (12 threads,
+   distinct JWTs signed by another key, API latency 200 ms) and how many of 10 callers with fresh
+   tokens are served, with the pre-check off and on, forgeries naming the issuer's ``kid`` and
+   made-up ones, and how many TokenReviews the forgeries cost; the cost of a locally refused
+   token / a warm cached request; a valid token's cold path with the pre-check on / off.
 """
 
 from __future__ import annotations
@@ -238,10 +243,24 @@ def cold_against(real: bool, quick: bool) -> dict[str, Any]:
         def by_hand() -> float:
             return wsgi_cost(hand_rolled, environ, per_round)
 
+        unchecked = bare_app()  # the same, without the local pre-check (what a valid token pays for it)
+        BindcarAuth(
+            unchecked,
+            mode="tokenreview",
+            kubeconfig=remote["kubeconfig"],
+            cache_ttl=0,
+            cache_failure_ttl=0,
+            token_precheck="off",
+        )
+
+        def cold_unchecked() -> float:
+            return wsgi_cost(unchecked, environ, per_round)
+
         contenders = {
             "raw create_token_review": raw,
             "Flask view calling it by hand": by_hand,
             "flask-bindcar (cold)": cold,
+            "flask-bindcar (cold, pre-check off)": cold_unchecked,
         }
         for measure in contenders.values():
             measure()  # connections open, clients built
@@ -250,6 +269,9 @@ def cold_against(real: bool, quick: bool) -> dict[str, Any]:
         "per_request_ms": {name: round(v * 1e3, 3) for name, v in medians.items()},
         "ratio": round(medians["flask-bindcar (cold)"] / medians["raw create_token_review"], 3),
         "ratio_to_by_hand": round(medians["flask-bindcar (cold)"] / medians["Flask view calling it by hand"], 3),
+        "precheck_on_over_off": round(
+            medians["flask-bindcar (cold)"] / medians["flask-bindcar (cold, pre-check off)"], 3
+        ),
     }
 
 
@@ -540,6 +562,128 @@ def bench_flood(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str
     }
 
 
+# -- 8 ----------------------------------------------------------------------------------------
+
+LOCAL_CALLERS = 10
+
+
+def forger(cluster: FakeCluster, made_up_kid: bool) -> Callable[[int], str]:
+    """Distinct ServiceAccount JWTs with the cluster's claims, signed by a key it never had: under
+    the issuer's own ``kid`` (a copied header) or a made-up one."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    genuine = cluster.token("dns-system", "forger", audiences=["bindcar"])
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    kid = jwt.get_unverified_header(genuine)["kid"]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def forge(n: int) -> str:
+        header = {"kid": f"made-up-{n}" if made_up_kid else kid}
+        return jwt.encode({**claims, "jti": f"forged-{n}"}, key, algorithm="RS256", headers=header)
+
+    return forge
+
+
+def local_flood_round(cluster: FakeCluster, kubeconfig: Path, precheck: str, made_up_kid: bool) -> dict[str, Any]:
+    """The forged-token flood against one app (``token_precheck``), then 10 fresh callers one by one."""
+    from flask_bindcar.testing.cluster import token_hash
+
+    app = bare_app()
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(kubeconfig), token_precheck=precheck)
+    warm = cluster.token("dns-system", "warm", audiences=["bindcar"])
+    _status_of(app, EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {warm}"}).get_environ())
+    forge = forger(cluster, made_up_kid)
+    forged = [forge(n) for n in range(1500)]  # signed before the clock: the attacker's CPU is not the server's
+    hashes = {token_hash(t) for t in forged}
+    seen_before = len(cluster.token_hashes_seen)
+    tokens = [cluster.token("dns-system", f"local-{i}", audiences=["bindcar"]) for i in range(LOCAL_CALLERS)]
+    stop = threading.Event()
+    pool = iter(forged)
+    statuses: Counter[str] = Counter()
+
+    def flood() -> None:
+        while not stop.is_set():
+            token = next(pool, None)
+            if token is None:
+                return
+            environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+            statuses[_status_of(app, environ)[0].split()[0]] += 1
+
+    cluster.latency = FLOOD_LATENCY
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(FLOOD_THREADS)]
+    try:
+        for t in threads:
+            t.start()
+        stop.wait(1.0)
+        served, refusals = 0, Counter[str]()
+        for token in tokens:
+            status, body = _status_of(
+                app, EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+            )
+            if status.startswith("200"):
+                served += 1
+            else:
+                refusals[_refusal(status, body)] += 1
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        cluster.latency = 0.0
+    reviewed = sum(1 for h in cluster.token_hashes_seen[seen_before:] if h in hashes)
+    return {
+        "others_served": f"{served}/{LOCAL_CALLERS}",
+        "refusals": dict(refusals.most_common()),
+        "forged_requests": sum(statuses.values()),
+        "forged_tokenreviews": reviewed,
+    }
+
+
+def bench_local(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    flood = {
+        "pre-check off": local_flood_round(cluster, kubeconfig, "off", made_up_kid=False),
+        "pre-check on, the issuer's kid": local_flood_round(cluster, kubeconfig, "auto", made_up_kid=False),
+        "pre-check on, made-up kids": local_flood_round(cluster, kubeconfig, "auto", made_up_kid=True),
+    }
+    # A locally refused token (each one new: the attacker's case) / a warm cached request.
+    app = bare_app()
+    BindcarAuth(app, mode="tokenreview", kubeconfig=str(kubeconfig))
+    token = cluster.token("dns-system", "external-dns", audiences=["bindcar"])
+    warm_environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+    per_sample, rounds = 100, 10 if quick else 30
+    forge = forger(cluster, made_up_kid=False)
+    forged = iter(
+        [
+            EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {forge(n)}"}).get_environ()
+            for n in range(per_sample * (rounds + 1))
+        ]
+    )
+    status, body = _status_of(app, next(forged))
+    assert status.startswith("401") and b"cryptographic primitive" in body, (status, body)
+    _status_of(app, warm_environ)
+
+    def refused() -> float:
+        environs = [next(forged) for _ in range(per_sample)]
+        started = time.perf_counter()
+        for environ in environs:
+            for _chunk in app(environ, _start_response):
+                pass
+        return (time.perf_counter() - started) / per_sample
+
+    medians = interleaved(
+        {"warm cached request": lambda: wsgi_cost(app, warm_environ, per_sample), "refused locally": refused},
+        rounds,
+        shuffle=True,
+    )
+    return {
+        "flood": flood,
+        "refusal_cost": {
+            "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
+            "ratio": round(medians["refused locally"] / medians["warm cached request"], 3),
+        },
+    }
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
@@ -568,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where to write the results (default: {RESULTS.relative_to(ROOT)}, ignored by git); "
         "`python -m benchmarks.report` turns a full run into docs/performance.md (make bench-docs)",
     )
-    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-7)")
+    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-8)")
     args = parser.parse_args(argv)
     started_run = time.perf_counter()
 
@@ -580,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "5_gunicorn": bench_gunicorn,
         "6_authz_warm": bench_authz_warm,
         "7_flood": bench_flood,
+        "8_local": bench_local,
     }
     results: dict[str, Any] = {"machine": machine()}
     with FakeCluster() as cluster, tempfile.TemporaryDirectory() as tmp:
