@@ -101,7 +101,7 @@ class ReviewCache(SingleFlightCache[tuple[str, Sequence[str], Review], ReviewOut
             self._macs[wanted] = prefixed
         mac = prefixed.copy()
         mac.update(token.encode("utf-8", "surrogatepass"))
-        return mac.digest()  # type: ignore[no-any-return]
+        return mac.digest()
 
     def get_or_review(self, token: str, audiences: Sequence[str], review: Review) -> tuple[ReviewOutcome, CacheResult]:
         """The cached outcome for ``token``, or the outcome of one ``review`` shared by all who ask now.

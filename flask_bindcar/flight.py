@@ -156,7 +156,8 @@ class SingleFlightCache(Generic[Q, V, E]):
 
     def keep(self, key: Hashable, value: V, fresh_until: float, stale_until: float | None = None) -> None:
         """Keep ``value`` for ``key``: fresh until ``fresh_until`` (`time.monotonic`), kept until
-        ``stale_until`` (default: the same). Past ``max_size`` the oldest go, each read since it was kept given one more round (second chance)."""
+        ``stale_until`` (default: the same). Past ``max_size`` the oldest go, each read since it was
+        kept given one more round (second chance)."""
         kept = Kept(value, fresh_until, fresh_until if stale_until is None else stale_until)
         with self._lock:
             store = self._kept
