@@ -31,7 +31,9 @@ from werkzeug.test import Client
 from flask_bindcar import RBAC, AuthConfig, BindcarAuth, Identity, current_identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import ConfigError
+from flask_bindcar.doctor import doctor
 from flask_bindcar.middleware import BindcarMiddleware
+from flask_bindcar.review import review
 from flask_bindcar.testing import ISSUER, FakeCluster
 from flask_bindcar.testing.interface import bound_token_claims
 from tests.conftest import WATCH
@@ -488,7 +490,7 @@ def test_an_api_server_found_anywhere_serves_rbac(tmp_path: Path, monkeypatch: p
     assert AuthConfig.load(settings, environ={}).rbac is not None
 
 
-# -- what it gives up, said at startup ------------------------------------------------------
+# -- what it gives up, said at startup, in doctor and in review ------------------------------
 
 
 def test_one_startup_warning_says_what_jwt_mode_cannot_see(
@@ -504,6 +506,56 @@ def test_one_startup_warning_says_what_jwt_mode_cannot_see(
         "sent, so a deleted ServiceAccount or pod is noticed only when its token expires or passes the lifetime cap "
         "(BIND_JWT_MAX_TOKEN_LIFETIME=3607s)"
     ]
+
+
+def test_doctor_shows_the_issuer_and_the_keys(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    config = AuthConfig.load({"mode": "jwt", "kubeconfig": str(fake_kubeconfig), "allowed_namespaces": NS}, environ={})
+    report = doctor(config, threads=8, authorization=False)
+    checks = {c.name: c for c in report.checks}
+    assert report.ok, report.text()
+    assert checks["configuration"].detail == "jwt mode"
+    kid = jwt.get_unverified_header(fake_cluster.caller_token)["kid"]
+    keys = checks["signing keys"]
+    assert (keys.status, keys.detail) == ("pass", f"1 key of {ISSUER} from /openid/v1/jwks (through the API server)")
+    assert keys.lines == [f"kid {kid}", "fetched 0s ago; again after an hour, or for a token naming a kid they lack"]
+    assert next(c.detail for c in report.checks if c.name == "posture").startswith("flask-bindcar is in jwt mode")
+    assert "token review" not in checks and "permission" not in checks
+    assert fake_cluster.review_requests == 0
+
+
+def test_doctor_when_the_keys_cannot_be_had(fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    config = AuthConfig.load({"mode": "jwt", "kubeconfig": str(jane(fake_cluster, tmp_path))}, environ={})
+    report = doctor(config, threads=8, authorization=False)
+    keys = {c.name: c for c in report.checks}["signing keys"]
+    assert not report.ok
+    assert keys.status == "fail"
+    assert keys.detail.startswith('GET /.well-known/openid-configuration: HTTP 403 Forbidden: forbidden: User "jane"')
+
+
+def test_review_shows_the_local_verification(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
+    config = AuthConfig.load({"mode": "jwt", "kubeconfig": str(fake_kubeconfig)}, environ={})
+
+    def steps(token: str) -> dict[str, tuple[str, str]]:
+        report, _, _ = review(config, token)
+        return {c.name: (c.status, c.detail) for c in report.checks}
+
+    valid = fake_cluster.token(NS, SA, audiences=["bindcar"])
+    claims = jwt.decode(valid, options={"verify_signature": False})
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(claims["exp"], claims["iat"] + 3607)))
+    accepted = steps(valid)
+    assert accepted["local verification"] == (
+        "pass",
+        f"signature and claims verified (kid {jwt.get_unverified_header(valid)['kid']}), accepted until {until}: "
+        "no TokenReview (jwt mode)",
+    )
+    assert "token review" not in accepted
+    assert accepted["result"] == ("pass", f"allowed as {USER}")
+    expired = steps(REFUSED["expired"][0](fake_cluster))
+    assert expired["local verification"] == ("fail", "refused locally: " + REFUSED["expired"][1]["error"])
+    now = int(time.time())
+    capped = steps(signed(fake_cluster, iat=now - 4000, nbf=now - 4000, exp=now + YEAR))
+    assert capped["local verification"] == ("fail", "refused locally: " + CAPPED["error"])
+    assert fake_cluster.review_requests == 0
 
 
 # -- under gunicorn --------------------------------------------------------------------------
