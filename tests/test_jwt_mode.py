@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, jsonify
 from werkzeug.test import Client
 
-from flask_bindcar import RBAC, AuthConfig, BindcarAuth, Identity, current_identity
+from flask_bindcar import RBAC, AuthConfig, BindcarAuth, Identity, auth_required, current_identity
 from flask_bindcar.authenticator import Authenticator
 from flask_bindcar.config import ConfigError
 from flask_bindcar.doctor import doctor
@@ -391,6 +391,30 @@ def test_rbac_asks_the_api_server(fake_cluster: FakeCluster, fake_kubeconfig: Pa
     assert (answer.status_code, answer.get_json()) == (403, {"error": f"Forbidden: {other} cannot get /zones"})
     assert fake_cluster.access_reviews_served == 2
     assert fake_cluster.review_requests == 0
+
+
+def test_a_views_own_rbac_without_an_api_server_is_503(
+    fake_cluster: FakeCluster, issuer_url: responses.RequestsMock
+) -> None:
+    """Seen only at request time: the view's RBAC cannot be asked, which says nothing of the caller."""
+    app = Flask("jwt_rbac")
+    BindcarAuth(app, mode="jwt", token_issuers=ISSUER)
+
+    @app.get("/zones")
+    @auth_required(rbac=RBAC(path=True))
+    def zones() -> Any:
+        return jsonify(ok=True)
+
+    token = fake_cluster.token(NS, SA, audiences=["bindcar"])
+    answer = app.test_client().get("/zones", headers={"Authorization": f"Bearer {token}"})
+    assert (answer.status_code, answer.get_json(), answer.headers["Retry-After"]) == (
+        503,
+        {
+            "error": "Authorization unavailable: SubjectAccessReview API call failed: Failed to create Kubernetes "
+            "client: no kubeconfig at ~/.kube/config and not running in a cluster (KUBERNETES_SERVICE_HOST is unset)"
+        },
+        "1",
+    )
 
 
 def test_allowlists_and_pod_binding_apply(fake_cluster: FakeCluster, fake_kubeconfig: Path) -> None:
