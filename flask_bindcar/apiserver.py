@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask_bindcar.config import AuthConfig
+from flask_bindcar.config import DEFAULT_KUBECONFIG, AuthConfig
 from flask_bindcar.errors import API_UNREACHABLE, CLIENT_FAILED, AuthError
 from flask_bindcar.scrub import log_unexpected
 from flask_bindcar.tokenreview import ReviewOutcome, api_failed, parse_review
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_bindcar")
 
 TOKEN_REVIEW_API_VERSION = "authentication.k8s.io/v1"
-DEFAULT_KUBECONFIG = "~/.kube/config"
 
 
 class ClientBuildError(Exception):

@@ -1,12 +1,12 @@
 """The admission chain, in one place: `Authenticator.admit`.
 
-Method and path, rate limit, header, Basic or TokenReview, the app's allowlists and pod binding,
-the view's policy, RBAC. The Flask guard, ``@auth_required``, the WSGI middleware, ``review`` and
-the CLI all call `Authenticator.admit`: they hand a request in and take an `Identity` or a
-`BindcarError` out. Every decision is written down once by the `Recorder`
-(`flask_bindcar.audit`): its log line, its audit record, its counters. An optional `Trace`
-collects each step and what it found, for ``review``; without one the hot path makes no
-per-step objects.
+Method and path, rate limit, header, Basic or TokenReview (or jwt mode's local verification in its
+place), the app's allowlists and pod binding, the view's policy, RBAC. The Flask guard,
+``@auth_required``, the WSGI middleware, ``review`` and the CLI all call `Authenticator.admit`:
+they hand a request in and take an `Identity` or a `BindcarError` out. Every decision is written
+down once by the `Recorder` (`flask_bindcar.audit`): its log line, its audit record, its counters.
+An optional `Trace` collects each step and what it found, for ``review``; without one the hot path
+makes no per-step objects.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flask_bindcar.audit import Recorder, Where
 from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
 from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
 from flask_bindcar.cache import ReviewCache
-from flask_bindcar.config import FAILURE_LIMIT_WARNING, AuthConfig
+from flask_bindcar.config import FAILURE_LIMIT_WARNING, MODE_NAMES, AuthConfig
 from flask_bindcar.credentials import bearer_token, check_token_format
 from flask_bindcar.errors import (
     API_OVERLOADED,
@@ -40,6 +40,7 @@ from flask_bindcar.errors import (
     RateLimited,
 )
 from flask_bindcar.identity import Identity
+from flask_bindcar.jwtmode import LocalReview
 from flask_bindcar.metrics import get_metrics
 from flask_bindcar.policy import APP_POLICY, ViewPolicy, authorize, identity_from_review
 from flask_bindcar.precheck import PreCheck
@@ -58,11 +59,12 @@ BASIC_WARNING = (
 )
 
 
-NO_ALLOWLIST_WARNING = (
-    "flask-bindcar is in TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: "
+NO_ALLOWLIST_TEMPLATE = (
+    "flask-bindcar is in {mode} without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: "
     "every ServiceAccount of the cluster is accepted. Set an allowlist, and BIND_REQUIRE_ALLOWLIST=true to "
     "refuse to start without one."
 )
+NO_ALLOWLIST_WARNING = NO_ALLOWLIST_TEMPLATE.format(mode="TokenReview mode")
 BASIC_IDENTITY = Identity(method="basic")
 UNVERIFIED_SHARE = "tokens the issuer's keys could not vouch for"
 """The bulkhead key every such token's TokenReview holds its slot under: together, one caller's share."""
@@ -107,6 +109,8 @@ class Authenticator:
         self.reviewer: ApiServerClient | None = None
         self.cache: ReviewCache | None = None
         self.precheck: PreCheck | None = None
+        self.local: LocalReview | None = None
+        """jwt mode: what a cache miss asks instead of a TokenReview."""
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self._generic = config.error_detail == "generic"
         self.recorder = recorder if recorder is not None else Recorder(get_metrics())
@@ -116,9 +120,12 @@ class Authenticator:
             config.review_max_inflight_per_caller or default_share(config.review_max_inflight),
             wait=min(DEFAULT_WAIT, config.review_timeout),
         )
-        if config.mode == "tokenreview":
-            self.reviewer = ApiServerClient(config)
-            self.precheck = PreCheck(config, self.reviewer)
+        if config.mode != "basic":
+            self.reviewer = ApiServerClient(config)  # jwt mode: for its keys and RBAC, when they need it
+            if config.mode == "jwt":
+                self.local = LocalReview(config, self.reviewer)
+            else:
+                self.precheck = PreCheck(config, self.reviewer)
             self.cache = ReviewCache(
                 ttl=config.cache_ttl,
                 failure_ttl=config.cache_failure_ttl,
@@ -139,8 +146,10 @@ class Authenticator:
         logger.info("flask-bindcar configuration: %s", json.dumps(config.describe(), sort_keys=True))
         if config.mode == "basic" and self._secret_digest is None:
             logger.warning(BASIC_WARNING)
-        elif config.mode == "tokenreview" and not config.has_allowlist:
-            logger.warning(NO_ALLOWLIST_WARNING)
+        if config.mode == "jwt":
+            logger.warning(config.jwt_mode_warning)
+        if config.mode != "basic" and not config.has_allowlist:
+            logger.warning(NO_ALLOWLIST_TEMPLATE.format(mode=MODE_NAMES[config.mode]))
         if config.failure_limit is not None:
             logger.warning(FAILURE_LIMIT_WARNING.format(limit=config.failure_limit))
 
@@ -363,11 +372,13 @@ class Authenticator:
             )
             outcome.memo[self] = identity
             return identity
-        if trace.steps[-1] == ("local pre-check", None):  # refused locally: the TokenReview's own refusal
-            identity_from_review(outcome, audiences)
-        if trace.steps[-1][0] != "token review":
-            trace.enter("token review")
-        trace.found(outcome=outcome, latency=latency)
+        step, facts = trace.steps[-1]
+        if facts is None and step in ("local pre-check", "local verification"):
+            identity_from_review(outcome, audiences)  # refused locally: the TokenReview's own refusal
+        if step != "local verification":
+            if step != "token review":
+                trace.enter("token review")
+            trace.found(outcome=outcome, latency=latency)
         trace.enter("identity")
         identity = identity_from_review(outcome, audiences)
         trace.found(identity=identity)
@@ -388,7 +399,8 @@ class Authenticator:
         TokenReview call for a well-formed token, if a slot is free (the bulkhead).
 
         A token the issuer's keys prove invalid gets the TokenReview's own answer without a call
-        (`flask_bindcar.precheck`); the cache keeps it as it keeps the API server's refusals.
+        (`flask_bindcar.precheck`); the cache keeps it as it keeps the API server's refusals. In
+        jwt mode the keys answer instead of the TokenReview (`flask_bindcar.jwtmode`).
         """
         assert self.reviewer is not None
         check_token_format(token)
@@ -399,10 +411,18 @@ class Authenticator:
             end_request_deadline(deadline)
 
     def _ask(self, token: str, audiences: Sequence[str], trace: Trace | None) -> ReviewOutcome:
-        """The pre-check, then the TokenReview. A token the keys could not vouch for (``undecided``:
-        a kid they lack, another issuer, no JWT at all) shares one caller's share of the review
-        slots with every other such token, so a flood of them cannot take the slots real callers need."""
+        """In jwt mode the keys' answer; else the pre-check, then the TokenReview. A token the keys
+        could not vouch for (``undecided``: a kid they lack, another issuer, no JWT at all) shares
+        one caller's share of the review slots with every other such token, so a flood of them
+        cannot take the slots real callers need."""
         assert self.reviewer is not None
+        if self.local is not None:
+            if trace is not None:
+                trace.enter("local verification")
+            outcome, claims = self.local.review(token, audiences)
+            if trace is not None and claims is not None:
+                trace.found(claims=claims, until=outcome.expires_at)
+            return outcome
         share: str | None = None
         if self.precheck is not None:
             if trace is not None:

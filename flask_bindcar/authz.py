@@ -39,7 +39,7 @@ from flask_bindcar.rbac import Attributes
 from flask_bindcar.scrub import MAX_SERVER_TEXT, scrub
 
 SAR_API_VERSION = "authorization.k8s.io/v1"
-NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview (Basic mode does not know who the caller is)"
+NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview or jwt (Basic mode does not know who the caller is)"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Keys are keyed BLAKE2b digests (the standard library's ``hashlib.blake2b(key=...
 design) under a random per-process key, so the cache never holds a token and a memory dump does
 not help guess one. Entries live ``min(TTL, exp - now)``, ``exp`` read
 from the token's unverified payload only ever to *shorten* a lifetime; definitive "not
-authenticated" outcomes live the failure TTL; failures to get an answer are never stored. The
+authenticated" outcomes live the failure TTL; an outcome's own ``expires_at`` (jwt mode's lifetime
+cap) shortens either; failures to get an answer are never stored. The
 size is bounded, least recently used evicted first. Concurrent requests for one uncached token
 share a single review (single flight: a `~flask_bindcar.flight.SingleFlightCache`, as the
 authorization cache is). With a stale window (``BIND_TOKEN_CACHE_STALE_TTL``), a successful review
@@ -138,6 +139,9 @@ class ReviewCache(SingleFlightCache[tuple[str, Sequence[str], Review], ReviewOut
                 fresh, stale = min(fresh, left), min(stale, left)
         else:
             fresh, stale = self.failure_ttl, 0.0
+        if outcome.expires_at is not None:
+            left = outcome.expires_at - time.time()
+            fresh, stale = min(fresh, left), min(stale, left)
         if fresh <= 0 and stale <= 0:
             return
         self.keep(key, outcome, now + fresh, now + max(fresh, stale))

@@ -27,7 +27,7 @@ from flask_bindcar.rbac import RBAC
 
 logger = logging.getLogger("flask_bindcar")
 
-Mode = Literal["basic", "tokenreview"]
+Mode = Literal["basic", "tokenreview", "jwt"]
 ErrorDetail = Literal["full", "generic"]
 CorsPreflight = Literal["authenticate", "answer"]
 Precheck = Literal["auto", "on", "off"]
@@ -39,6 +39,7 @@ _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z
 B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 INSTALL_HINT = "pip install 'flask-bindcar[k8s-token-review]'"
+JWT_INSTALL_HINT = "pip install 'flask-bindcar[jwt]'"
 KUBE_TRIO = ("KUBE_API_SERVER", "KUBE_TOKEN_PATH", "KUBE_CA_CERT_PATH")
 
 MAX_TIMEOUT = 60.0
@@ -57,6 +58,22 @@ FAILURE_LIMIT_WARNING = (
     "a sidecar or an ingress every caller shares one address, and one client's bad tokens get every caller "
     "a 429. Turn it on only where REMOTE_ADDR is the caller's own address."
 )
+JWT_MODE_WARNING = (
+    "flask-bindcar is in jwt mode: tokens are verified with the issuer's published keys and no TokenReview is "
+    "sent, so a deleted ServiceAccount or pod is noticed only when its token expires{cap}"
+)
+JWT_MODE_CAP = " or passes the lifetime cap (BIND_JWT_MAX_TOKEN_LIFETIME={cap}s)"
+JWT_MODE_NO_CAP = (
+    ", up to a year for a projected token kube-apiserver extended (BIND_JWT_MAX_TOKEN_LIFETIME=0: no lifetime cap)"
+)
+DEFAULT_JWT_MAX_TOKEN_LIFETIME = 3607
+"""Seconds from ``iat`` after which jwt mode refuses a token whatever its ``exp``: kube's default
+projected-token lifetime (a kubelet replaces a mounted token at 80 % of it). kube-apiserver extends
+such tokens to a year unless ``--service-account-extend-token-expiration=false``, and jwt mode
+cannot see their revocation."""
+DEFAULT_KUBECONFIG = "~/.kube/config"
+MODE_NAMES = {"basic": "Basic mode", "tokenreview": "TokenReview mode", "jwt": "jwt mode"}
+NO_API_SERVER = "no KUBE_API_SERVER, no KUBECONFIG, no ~/.kube/config, not in a cluster"
 DEFAULT_MAX_INFLIGHT = 4
 """TokenReviews in flight per process. Below the thread count of any threaded server worth the name
 (the example runs 8), so a hanging API server never takes every thread: cache hits and health probes
@@ -116,7 +133,9 @@ def _mode(name: str, raw: Any) -> Mode:
         return "basic"
     if value == "tokenreview":
         return "tokenreview"
-    raise _bad(name, raw, "'basic' or 'tokenreview'")
+    if value == "jwt":
+        return "jwt"
+    raise _bad(name, raw, "'basic', 'tokenreview' or 'jwt'")
 
 
 def _audiences(name: str, raw: Any) -> tuple[str, ...]:
@@ -213,6 +232,17 @@ def _https_url(name: str, value: str) -> None:
             "an https:// URL such as https://10.0.0.1:6443 (the callers' tokens and our own credential would "
             "travel in clear text)",
         )
+
+
+def _lifetime(name: str, raw: Any) -> int:
+    """Whole seconds, 0 or more (0: no cap)."""
+    try:
+        value = int(str(raw).strip()) if not isinstance(raw, bool) else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise _bad(name, raw, "a whole number of seconds, 0 for no cap")
+    return value
 
 
 def _size(name: str, raw: Any) -> int:
@@ -356,6 +386,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("token_precheck", "BINDCAR_TOKEN_PRECHECK", "BIND_TOKEN_PRECHECK", "auto", _precheck),
     Setting("token_issuers", "BINDCAR_TOKEN_ISSUER", "BIND_TOKEN_ISSUER", None, _issuers),
     Setting("jwks_url", "BINDCAR_JWKS_URL", "BIND_JWKS_URL", None, _jwks_url),
+    Setting(
+        "jwt_max_token_lifetime",
+        "BINDCAR_JWT_MAX_TOKEN_LIFETIME",
+        "BIND_JWT_MAX_TOKEN_LIFETIME",
+        DEFAULT_JWT_MAX_TOKEN_LIFETIME,
+        _lifetime,
+    ),
 )
 
 
@@ -420,7 +457,10 @@ class AuthConfig:
     token_issuers: tuple[str, ...] | None = None
     """The trusted issuers; None: the API server's own, from its discovery document."""
     jwks_url: str | None = None
-    """Where the keys are: an https URL or an API server path; None: the API server's /openid/v1/jwks."""
+    """Where the keys are: an https URL or an API server path; None: the API server's /openid/v1/jwks
+    (in jwt mode with `token_issuers`, the ``jwks_uri`` of the first issuer's discovery document)."""
+    jwt_max_token_lifetime: int = DEFAULT_JWT_MAX_TOKEN_LIFETIME
+    """jwt mode: seconds from ``iat`` past which a token is refused whatever its ``exp``; 0: no cap."""
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
     """For each setting: where its value came from, and the name it was given there."""
 
@@ -461,14 +501,15 @@ class AuthConfig:
         return config
 
     def _check_combination(self) -> None:
-        if self.rbac is not None and self.mode != "tokenreview":
+        mode = self.sources["mode"][1]
+        if self.rbac is not None and self.mode == "basic":
             raise ConfigError(
                 f"{self.sources['rbac'][1]} asks for a SubjectAccessReview of the caller, which needs "
-                f"{self.sources['mode'][1]}=tokenreview: Basic mode does not know who the caller is"
+                f"{mode}=tokenreview or jwt: Basic mode does not know who the caller is"
             )
-        if self.require_pod and self.mode != "tokenreview":
+        if self.require_pod and self.mode == "basic":
             raise ConfigError(
-                f"{self.sources['require_pod'][1]}=true needs {self.sources['mode'][1]}=tokenreview: in Basic mode "
+                f"{self.sources['require_pod'][1]}=true needs {mode}=tokenreview or jwt: in Basic mode "
                 "nothing says which pod a token is bound to, so every request would be refused"
             )
         share = self.review_max_inflight_per_caller
@@ -478,15 +519,15 @@ class AuthConfig:
                 f"{self.sources['review_max_inflight'][1]}={self.review_max_inflight}: one caller's share of the "
                 "review slots cannot be more than all of them"
             )
-        if self.mode != "tokenreview":
+        if self.mode == "basic":
             return
         # Only whether it is installed: importing it here would import urllib3 and ssl in a gunicorn
         # master with --preload, before a gevent worker patches them (RecursionError on every review).
-        if importlib.util.find_spec("kubernetes") is None:
-            raise ConfigError(f"{self.sources['mode'][1]}=tokenreview needs the Kubernetes client: {INSTALL_HINT}")
+        if self.uses_api_server and importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError(f"{mode}={self.mode} needs the Kubernetes client: {INSTALL_HINT}")
         if self.require_allowlist and not self.has_allowlist:
             raise ConfigError(
-                f"{self.sources['require_allowlist'][1]}=true, but TokenReview mode has no allowlist: set "
+                f"{self.sources['require_allowlist'][1]}=true, but {MODE_NAMES[self.mode]} has no allowlist: set "
                 "BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS, or every ServiceAccount of the cluster "
                 "is accepted"
             )
@@ -499,6 +540,76 @@ class AuthConfig:
             )
         if self.kube_api_server is not None:
             _https_url(self.sources["kube_api_server"][1], self.kube_api_server)
+        if self.mode == "jwt":
+            self._check_jwt_mode()
+
+    def _check_jwt_mode(self) -> None:
+        """jwt mode: the issuer URL it fetches from is https, and what needs the API server has one."""
+        issuers, jwks_url = self.token_issuers, self.jwks_url
+        if issuers is not None and jwks_url is None:
+            try:
+                _https_url(self.sources["token_issuers"][1], issuers[0])
+            except ConfigError:
+                raise _bad(
+                    self.sources["token_issuers"][1],
+                    issuers[0],
+                    "an https:// URL: jwt mode without BIND_JWKS_URL fetches the issuer's discovery document and "
+                    "keys from it, and keys fetched in clear text could be anyone's",
+                ) from None
+        direct = (issuers is not None and jwks_url is None) or (jwks_url is not None and not jwks_url.startswith("/"))
+        if direct and importlib.util.find_spec("requests") is None:
+            raise ConfigError(
+                f"{self.sources['mode'][1]}=jwt fetches the issuer's keys over https with requests: {JWT_INSTALL_HINT}"
+            )
+        if self.api_server_configured:
+            return
+        needs = "needs the API server, and none is configured"
+        if issuers is None:
+            raise ConfigError(
+                f"{self.sources['mode'][1]}=jwt without BIND_TOKEN_ISSUER {needs} ({NO_API_SERVER}): it names the "
+                "issuer and publishes its keys; set BIND_TOKEN_ISSUER to the issuer's https URL to fetch them from "
+                "there"
+            )
+        if jwks_url is not None and jwks_url.startswith("/"):
+            raise ConfigError(
+                f"{self.sources['jwks_url'][1]}={jwks_url!r} {needs} ({NO_API_SERVER}): it is a path of the API "
+                "server; give an https URL"
+            )
+        if self.rbac is not None:
+            raise ConfigError(
+                f"{self.sources['rbac'][1]} {needs} ({NO_API_SERVER}): jwt mode verifies tokens without it, but a "
+                "SubjectAccessReview is the API server's to answer"
+            )
+
+    @property
+    def jwt_keys_from_api_server(self) -> bool:
+        """jwt mode: whether the issuer or its keys come through the API server (no `token_issuers`,
+        or a `jwks_url` that is a path of the API server)."""
+        return self.mode == "jwt" and (
+            self.token_issuers is None or (self.jwks_url is not None and self.jwks_url.startswith("/"))
+        )
+
+    @property
+    def uses_api_server(self) -> bool:
+        """Whether this configuration calls the API server by design: TokenReview mode always; jwt mode
+        for its keys (`jwt_keys_from_api_server`) or for RBAC (``BIND_AUTHZ``)."""
+        return (
+            self.mode == "tokenreview"
+            or self.jwt_keys_from_api_server
+            or (self.mode == "jwt" and self.rbac is not None)
+        )
+
+    @property
+    def api_server_configured(self) -> bool:
+        """Whether the client (`flask_bindcar.apiserver.build_api_client`) has anything to be built
+        from: the ``KUBE_*`` trio, a kubeconfig setting, an existing ``~/.kube/config``, or the
+        in-cluster environment it reads from ``os.environ`` as that does."""
+        return bool(
+            self.kube_api_server
+            or self.kubeconfig
+            or os.path.isfile(os.path.expanduser(DEFAULT_KUBECONFIG))
+            or os.environ.get("KUBERNETES_SERVICE_HOST")
+        )
 
     @property
     def has_allowlist(self) -> bool:
@@ -507,14 +618,16 @@ class AuthConfig:
     def posture_warnings(self) -> list[str]:
         """What this configuration lets through that production usually should not."""
         warnings = []
+        if self.mode == "jwt":
+            warnings.append(self.jwt_mode_warning)
         if self.mode == "basic" and not self.api_token:
             warnings.append(
                 "Basic mode without BIND_API_TOKEN: any well-formed bearer token is accepted and nothing about it "
                 "is verified"
             )
-        if self.mode == "tokenreview" and not self.has_allowlist:
+        if self.mode != "basic" and not self.has_allowlist:
             warnings.append(
-                "TokenReview mode without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: every "
+                f"{MODE_NAMES[self.mode]} without BIND_ALLOWED_NAMESPACES or BIND_ALLOWED_SERVICE_ACCOUNTS: every "
                 "ServiceAccount of the cluster is accepted"
             )
         if self.mode == "tokenreview" and not self.has_allowlist:
@@ -527,12 +640,18 @@ class AuthConfig:
             ]
         if self.failure_limit is not None:
             warnings.append(FAILURE_LIMIT_WARNING.format(limit=self.failure_limit))
-        if self.mode == "tokenreview" and self.audiences == ("bindcar",) and self.sources["audiences"][0] == "default":
+        if self.mode != "basic" and self.audiences == ("bindcar",) and self.sources["audiences"][0] == "default":
             warnings.append(
                 "BIND_TOKEN_AUDIENCES is the default 'bindcar': tokens made for any service that also uses the "
                 "default are accepted here"
             )
         return warnings
+
+    @property
+    def jwt_mode_warning(self) -> str:
+        """What jwt mode gives up, with this lifetime cap: logged once at startup, shown by ``doctor``."""
+        cap = self.jwt_max_token_lifetime
+        return JWT_MODE_WARNING.format(cap=JWT_MODE_CAP.format(cap=cap) if cap else JWT_MODE_NO_CAP)
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values for logs and diagnostics; the shared secret only as set/unset."""

@@ -1,7 +1,8 @@
 """Troubleshooting built in: ``doctor`` checks a configuration end to end.
 
 It uses the library's own configuration and client code, so what it reports is what a request
-meets; it never prints a token. Its `Check` and `Report` are ``review``'s too
+meets; it never prints a token. In jwt mode it fetches the issuer's keys as a request would and
+shows where they came from (`keys_check`). Its `Check` and `Report` are ``review``'s too
 (`flask_bindcar.review`).
 """
 
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from flask_bindcar.config import AuthConfig
-from flask_bindcar.errors import AuthError
+from flask_bindcar.errors import API_CALL_FAILED, VALIDATION_FAILED, AuthError
 from flask_bindcar.identity import split_service_account
 
 Status = Literal["pass", "fail", "warn", "skip"]
@@ -166,12 +167,59 @@ def doctor(
     checks = [configuration_check(config)]
     warnings = config.posture_warnings()
     checks += [Check("posture", "warn", w) for w in warnings] or [Check("posture", "pass", "no warnings")]
-    if config.mode != "tokenreview":
+    if config.mode == "basic":
         checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
         return Report("flask-bindcar doctor", checks)
+    if config.mode == "jwt":
+        return Report("flask-bindcar doctor", checks + _jwt_checks(config, threads, environ, authorization))
     checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
     checks += _kubernetes_checks(config, authorization)
     return Report("flask-bindcar doctor", checks)
+
+
+def _jwt_checks(
+    config: AuthConfig, threads: int | None, environ: Mapping[str, str] | None, authorization: bool | None
+) -> list[Check]:
+    """jwt mode: the API server only when its keys or RBAC need it, no TokenReview, then the keys."""
+    checks = []
+    rbac = bool(authorization) or config.rbac is not None
+    if rbac:  # the bulkhead holds SubjectAccessReviews only
+        checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
+    if rbac or config.jwt_keys_from_api_server:
+        checks += _kubernetes_checks(config, authorization, token_reviews=False)
+    else:
+        checks.append(Check("kubernetes", "skip", "jwt mode with BIND_TOKEN_ISSUER and no RBAC does not call it"))
+    return [*checks, keys_check(config)]
+
+
+def keys_check(config: AuthConfig) -> Check:
+    """jwt mode's keys, fetched as a request fetches them: the issuer, where the keys came from, how
+    many, their ``kid``\\ s and age (`flask_bindcar.precheck.PreCheck.describe`)."""
+    from flask_bindcar.apiserver import ApiServerClient
+    from flask_bindcar.precheck import PreCheck
+
+    precheck = PreCheck(config, ApiServerClient(config), mode="on")
+    try:
+        precheck.keys()
+    except AuthError as e:
+        why = e.message.removeprefix(VALIDATION_FAILED.format(reason="")).removeprefix(API_CALL_FAILED.format(why=""))
+        return Check(
+            "signing keys",
+            "fail",
+            why,
+            fix="check BIND_TOKEN_ISSUER and BIND_JWKS_URL; through the API server, this service's ServiceAccount "
+            "reads them by the default system:service-account-issuer-discovery binding",
+        )
+    keys = precheck.describe()["keys"]
+    source = keys["source"] + (" (through the API server)" if keys["source"].startswith("/") else "")
+    lines = [
+        f"kid {', '.join(keys['kids']) or '(none)'}",
+        f"fetched {keys['age'] or 0:.0f}s ago; again after an hour, or for a token naming a kid they lack",
+    ]
+    if keys["skipped"]:
+        lines.append(f"{keys['skipped']} key(s) of the document skipped: another type, use or curve")
+    count = f"{keys['keys']} key{'' if keys['keys'] == 1 else 's'}"
+    return Check("signing keys", "pass", f"{count} of {', '.join(keys['issuers'])} from {source}", lines=lines)
 
 
 def gunicorn_threads(environ: Mapping[str, str]) -> int | None:
@@ -216,7 +264,9 @@ def bulkhead_check(config: AuthConfig, threads: int | None, environ: Mapping[str
     )
 
 
-def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[Check]:
+def _kubernetes_checks(config: AuthConfig, authorization: bool | None, *, token_reviews: bool = True) -> list[Check]:
+    """The client, the API server, the permissions asked for and a probe TokenReview (``token_reviews``:
+    not in jwt mode, which sends none)."""
     from kubernetes.client import VersionApi
 
     from flask_bindcar.apiserver import ApiServerClient, ClientBuildError, build_api_client, kubeconfig_path
@@ -249,8 +299,9 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[C
         checks.append(
             Check("api server", "fail", f"{cfg.host} did not answer /version: {_why(e)}", fix=unreachable_fix)
         )
-        checks.append(Check("permission", "skip", "needs the API server"))
-        checks.append(Check("token review", "skip", "needs the API server"))
+        if token_reviews:
+            checks.append(Check("permission", "skip", "needs the API server"))
+            checks.append(Check("token review", "skip", "needs the API server"))
         return checks
 
     credential = cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
@@ -258,12 +309,12 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[C
     caller = _jwt_subject(rest if scheme.lower() == "bearer" else credential)
     sa = split_service_account(caller)
     who = caller or "this client"
-    allowed: bool | None
+    allowed: bool | None = None
     try:
-        allowed = _may_create(api_client, timeout, "authentication.k8s.io", "tokenreviews")
+        if token_reviews:
+            allowed = _may_create(api_client, timeout, "authentication.k8s.io", "tokenreviews")
     except Exception as e:
         checks.append(Check("permission", "fail", f"could not ask whether {who} may create tokenreviews: {_why(e)}"))
-        allowed = None
     if allowed is True:
         checks.append(Check("permission", "pass", f"{who} may create tokenreviews.authentication.k8s.io"))
     elif allowed is False:
@@ -280,6 +331,8 @@ def _kubernetes_checks(config: AuthConfig, authorization: bool | None) -> list[C
         checks.append(_authorization_permission(api_client, timeout, who, sa))
     elif authorization is None:
         checks.append(Check("authorization permission", "skip", PER_VIEW_RBAC))
+    if not token_reviews:
+        return checks
 
     reviewer = ApiServerClient(config)
     try:

@@ -46,6 +46,12 @@ NAMESPACE_DENIED = "ServiceAccount from unauthorized namespace: {namespace}"
 NOT_SERVICE_ACCOUNT = "Not a ServiceAccount: {username}"
 SERVICE_ACCOUNT_DENIED = "ServiceAccount not authorized: {username}"
 NOT_POD_BOUND = "token is not bound to a pod"
+LIFETIME_CAPPED = "token issued more than {cap}s ago (the jwt mode's lifetime cap)"
+"""jwt mode, past ``iat + BIND_JWT_MAX_TOKEN_LIFETIME``: revocation is what it cannot see, so no token
+lives longer than kube's default projected-token lifetime, whatever its ``exp``."""
+NO_ISSUED_AT = "token has no iat claim (the jwt mode's lifetime cap needs one)"
+LIFETIME_CAP = "lifetime_cap"
+"""The reason label of both refusals of jwt mode's lifetime cap."""
 TOO_MANY_FAILURES = "Too many failed authentication attempts"
 GENERIC_MESSAGE = "Unauthorized"
 """The one body of every 401 with ``BIND_AUTH_ERROR_DETAIL=generic``, as bindcar's releases answer."""
@@ -95,6 +101,7 @@ CREDENTIAL_REASONS = frozenset(
         "namespace",
         "service_account",
         "not_pod_bound",
+        LIFETIME_CAP,
     }
 )
 

@@ -11,7 +11,7 @@ SA_PREFIX = "system:serviceaccount:"
 ENVIRON_KEY = "bindcar.identity"
 """Where both adapters leave the caller's `Identity` in the WSGI environ."""
 
-AuthMethod = Literal["basic", "shared-secret", "tokenreview"]
+AuthMethod = Literal["basic", "shared-secret", "tokenreview", "jwt"]
 
 EXTRA_PREFIX = "authentication.kubernetes.io/"
 BOUND_FIELDS = {
@@ -46,7 +46,8 @@ class Identity:
     In Basic mode nothing is known about the caller but that a well-formed token came (``method``
     ``basic``) or that it matched the shared secret (``shared-secret``); ``username`` is None. In
     TokenReview mode every field comes from the API server's ``status.user`` and
-    ``status.audiences``; ``namespace`` and ``service_account`` (the short name) are set when the
+    ``status.audiences``; in jwt mode (``jwt``) from the verified token, as the TokenReview would
+    have given them; ``namespace`` and ``service_account`` (the short name) are set when the
     caller is a ServiceAccount.
 
     A projected token bound to a pod names it: ``pod_name`` and ``pod_uid``, and ``node_name`` and

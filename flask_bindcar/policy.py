@@ -31,7 +31,7 @@ def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> 
     """The caller the API server vouched for, or the seed's `AuthError` for what it did not vouch."""
     if not outcome.authenticated:
         error = outcome.error if outcome.error and outcome.error != GENERIC_REJECTION else NOT_AUTHENTICATED
-        raise AuthError.validation_failed(error, reason="not_authenticated")
+        raise AuthError.validation_failed(error, reason=outcome.reason or "not_authenticated")
     granted = tuple(a for a in outcome.audiences if a in audiences)
     if not granted:
         raise AuthError.validation_failed(AUDIENCE_INVALID, reason="audience")
@@ -43,7 +43,7 @@ def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> 
     raw = user.get("extra") or {}
     extra = {str(k): tuple(str(v) for v in (vs or ())) for k, vs in raw.items()} if isinstance(raw, dict) else {}
     return Identity(
-        method="tokenreview",
+        method=outcome.method,
         username=username,
         uid=str(user["uid"]) if user.get("uid") else None,
         groups=tuple(str(g) for g in user.get("groups") or ()),

@@ -11,7 +11,9 @@ when the API server does not answer, that is an outage: it tries again every `RE
 
 The keys are a `KeyStore` built lazily in each process (a forked worker builds its own), fetched
 through `ApiServerClient.get` (the review's deadline and answer cap) or, for an https
-``BIND_JWKS_URL``, with ``requests`` under the same bounds.
+``BIND_JWKS_URL``, with ``requests`` under the same bounds. jwt mode (`flask_bindcar.jwtmode`)
+sets its keys up here too, always failing closed, and with ``BIND_TOKEN_ISSUER`` and no
+``BIND_JWKS_URL`` finds them through the issuer URL's own discovery document, over https.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from flask_bindcar.apiserver import ApiServerClient
-from flask_bindcar.config import AuthConfig
+from flask_bindcar.config import AuthConfig, Precheck
 from flask_bindcar.errors import TRANSIENT_REASONS, AuthError
-from flask_bindcar.jwks import JWKSError, KeyStore, KeysUnavailable
+from flask_bindcar.jwks import JWKSError, KeyStore, KeysUnavailable, parse_discovery
 from flask_bindcar.jwtcheck import LocalRejection, verify
 from flask_bindcar.transport import MAX_RESPONSE_BYTES
 
@@ -54,12 +56,15 @@ def _unavailable(path: str) -> Any:
 
 
 class PreCheck:
-    """The pre-check of one `Authenticator`: its keys, per process."""
+    """The pre-check of one `Authenticator`: its keys, per process.
 
-    def __init__(self, config: AuthConfig, client: ApiServerClient):
+    ``mode`` overrides ``BIND_TOKEN_PRECHECK``: jwt mode's keys are set up with ``on``.
+    """
+
+    def __init__(self, config: AuthConfig, client: ApiServerClient, mode: Precheck | None = None):
         self.config = config
         self.client = client
-        self.mode = config.token_precheck
+        self.mode: Precheck = mode or config.token_precheck
         self._lock = threading.Lock()
         self._pid: int | None = None
         self.store: KeyStore | None = None
@@ -74,7 +79,7 @@ class PreCheck:
             return "off", f"{self.config.sources['token_precheck'][1]}=off"
         if not audiences:
             return "undecided", "no audiences to check"
-        store = self._keys()
+        store = self.keys()
         if store is None:
             if self._off is not None:
                 return "off", self._off
@@ -99,7 +104,7 @@ class PreCheck:
             raise AuthError.api_call_failed(why, reason=KEYS_UNAVAILABLE)
         return "unavailable", why
 
-    def _keys(self) -> KeyStore | None:
+    def keys(self) -> KeyStore | None:
         """This process's `KeyStore`, set up on first use; None when ``auto`` turned the pre-check
         off here. With ``on``, a setup that fails raises the API-failure `AuthError`."""
         pid = os.getpid()
@@ -130,9 +135,11 @@ class PreCheck:
 
     def _setup(self) -> KeyStore:
         issuers = self.config.token_issuers
+        url, source = self.config.jwks_url or JWKS, None
         if issuers is None:
             issuers = (self._discover(),)
-        url = self.config.jwks_url or JWKS
+        elif self.config.mode == "jwt" and self.config.jwks_url is None:
+            url, source = self._discover_at(issuers[0])
         if url.startswith("/"):
             fetch: Any = lambda: self.client.get(url, _unavailable(url))  # noqa: E731
         else:
@@ -140,7 +147,7 @@ class PreCheck:
         store = KeyStore(
             fetch,
             issuers=issuers,
-            source=url,
+            source=source or url,
             min_refetch_interval=MIN_REFETCH_INTERVAL,
             wait_timeout=self.config.review_timeout + 1.0,
         )
@@ -158,6 +165,13 @@ class PreCheck:
         if not isinstance(issuer, str) or not issuer:
             raise KeysUnavailable(f"GET {DISCOVERY}: no issuer in the discovery document")
         return issuer
+
+    def _discover_at(self, issuer: str) -> tuple[str, str]:
+        """jwt mode with an issuer and no JWKS URL: the ``jwks_uri`` of the issuer's own discovery
+        document (an https URL, as `parse_discovery` checks), and how it was found."""
+        where = issuer.rstrip("/") + DISCOVERY
+        document = parse_discovery(_https_get(where, self.config.review_timeout), issuer)
+        return document.jwks_uri, f"{document.jwks_uri} (named by {where})"
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ its report.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -82,7 +83,6 @@ def review(
     """
     from flask_bindcar.audit import Recorder
     from flask_bindcar.authenticator import Authenticator, Trace
-    from flask_bindcar.precheck import KEYS_UNAVAILABLE
 
     checks: list[Check] = []
     if route is not None:
@@ -121,7 +121,8 @@ def review(
     except BindcarError as e:
         checks += [_step_check(step, facts) for step, facts in trace.steps if facts is not None]
         message = e.message
-        if trace.failed_step == "local pre-check" and getattr(e, "reason", None) != KEYS_UNAVAILABLE:
+        local = trace.failed_step in ("local pre-check", "local verification")
+        if local and isinstance(e, AuthError) and e.credential_failure:  # not the keys' or the client's failure
             message = f"refused locally: {message}"
         checks.append(Check(trace.failed_step or "request", "fail", message))
         checks.append(Check("result", "fail", f"{e.code} {json.dumps({'error': e.message})}"))
@@ -151,6 +152,12 @@ def _step_check(step: str, facts: dict[str, Any]) -> Check:
         if verdict == "unavailable":
             return Check(step, "pass", f"keys unavailable, the TokenReview decides: {detail}")
         return Check(step, "pass", f"off: {detail}")
+    if step == "local verification":
+        claims, until = facts["claims"], facts["until"]
+        when = f"accepted until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}" if until else "no expiry"
+        return Check(
+            step, "pass", f"signature and claims verified (kid {claims.kid}), {when}: no TokenReview (jwt mode)"
+        )
     if step == "token review":
         outcome = facts["outcome"]
         return Check(

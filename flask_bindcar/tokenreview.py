@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask_bindcar.errors import API_BAD_RESPONSE, AuthError
+from flask_bindcar.identity import AuthMethod
 from flask_bindcar.scrub import MAX_SERVER_TEXT, echo_spans, scrub
 
 MAX_IDENTITY_TEXT = 1024
@@ -23,12 +24,23 @@ _MAX_WHY = 2 * MAX_SERVER_TEXT
 
 @dataclass(frozen=True)
 class ReviewOutcome:
-    """What the API server said of a token: ``status`` of the TokenReview, nothing decided yet."""
+    """What the API server said of a token: ``status`` of the TokenReview, nothing decided yet.
+
+    jwt mode answers with the same outcome from the verified claims (`flask_bindcar.jwtmode`):
+    ``method`` says who vouched, ``reason`` labels a refusal of its own (the lifetime cap), and
+    ``expires_at`` bounds how long the outcome may be reused.
+    """
 
     authenticated: bool
     error: str | None = None
     user: Mapping[str, Any] | None = None
     audiences: tuple[str, ...] = ()
+    method: AuthMethod = "tokenreview"
+    """The `Identity.method` of the caller this outcome vouches for."""
+    reason: str | None = None
+    """The reason label of a refusal decided here rather than by the API server; None: ``not_authenticated``."""
+    expires_at: float | None = None
+    """Epoch seconds after which the review cache must not reuse this outcome, besides the token's ``exp``."""
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """Values derived from this outcome alone (the `Identity` per audience list), computed once."""
 

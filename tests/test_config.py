@@ -148,7 +148,10 @@ def test_a_blank_shared_secret_is_refused_not_ignored() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"BIND_AUTH_MODE": "kerberos"}, "BIND_AUTH_MODE='kerberos' is not valid: expected 'basic' or 'tokenreview'"),
+        (
+            {"BIND_AUTH_MODE": "kerberos"},
+            "BIND_AUTH_MODE='kerberos' is not valid: expected 'basic', 'tokenreview' or 'jwt'",
+        ),
         (
             {"BIND_TOKEN_CACHE_TTL": "ten"},
             "BIND_TOKEN_CACHE_TTL='ten' is not valid: expected a number of seconds from 0 to 3600",

@@ -200,8 +200,8 @@ def test_basic_mode_cannot_require_a_pod() -> None:
     with pytest.raises(ConfigError) as bad:
         AuthConfig.load(environ={"BIND_REQUIRE_POD_BOUND_TOKEN": "true"})
     assert str(bad.value) == (
-        "BIND_REQUIRE_POD_BOUND_TOKEN=true needs BIND_AUTH_MODE=tokenreview: in Basic mode nothing says which pod "
-        "a token is bound to, so every request would be refused"
+        "BIND_REQUIRE_POD_BOUND_TOKEN=true needs BIND_AUTH_MODE=tokenreview or jwt: in Basic mode nothing says "
+        "which pod a token is bound to, so every request would be refused"
     )
 
 

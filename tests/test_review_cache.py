@@ -255,3 +255,23 @@ def test_no_stale_window_unless_asked_for() -> None:
 
     with pytest.raises(AuthError):
         cache.get_or_review("token-1", AUDIENCES, review)
+
+
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_an_outcomes_own_expiry_shortens_its_stay(authenticated: bool) -> None:
+    """jwt mode's lifetime cap ends an outcome before the TTL or the token's ``exp`` would."""
+    cache = ReviewCache(ttl=30, failure_ttl=30, stale_ttl=60, max_size=10, wait_timeout=1)
+    reviews: list[str] = []
+
+    def review(token: str, audiences: Sequence[str]) -> ReviewOutcome:
+        reviews.append(token)
+        return ReviewOutcome(authenticated=authenticated, expires_at=time.time() + 0.3)
+
+    assert cache.get_or_review("token-1", AUDIENCES, review)[1] == "miss"
+    assert cache.get_or_review("token-1", AUDIENCES, review)[1] == "hit"
+    time.sleep(0.4)
+    assert cache.get_or_review("token-1", AUDIENCES, review)[1] == "miss"
+    assert reviews == ["token-1", "token-1"]
+    passed = ReviewOutcome(authenticated=authenticated, expires_at=time.time())
+    assert cache.get_or_review("token-2", AUDIENCES, lambda t, a: passed)[1] == "miss"
+    assert cache.get_or_review("token-2", AUDIENCES, review)[1] == "miss"  # never kept
