@@ -67,8 +67,9 @@ class Cluster(Protocol):
     A running cluster (a context manager, or `start` / `stop`) that mints bound ServiceAccount
     tokens and rotates the key it signs them with (`rotate_signing_key`), holds accounts and pods
     whose deletion invalidates their tokens, grants RBAC (`allow`, `grant_token_review`) and writes
-    what the official client reads (`write_kubeconfig`, `incluster_files`). What only one of them has stays on its class: faults, latency and counters
-    on `FakeCluster`; ``api``, ``kubectl`` and ``admin_kubeconfig`` on `RealCluster`.
+    what the official client reads (`write_kubeconfig`, `incluster_files`). What only one of them
+    has stays on its class: faults, latency and counters on `FakeCluster`; ``api``, ``kubectl``
+    and ``admin_kubeconfig`` on `RealCluster`.
     """
 
     caller_token: str
