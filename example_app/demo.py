@@ -6,7 +6,11 @@ Starts `flask_bindcar.testing.FakeCluster`, serves ``example_app`` under gunicor
 command prints the response body, then ``HTTP <status>`` on a line of its own. The live tokens are
 in files the demo writes (``<workdir>/tokens/``), which each command reads, so the lines stay
 short. The RBAC steps show a DELETE refused (403) until a ClusterRoleBinding is created in the
-stand-in, then allowed (200); the stand-in's kubeconfig is printed for kubectl. Serves until Ctrl-C.
+stand-in, then allowed (200); the stand-in's kubeconfig is printed for kubectl. A forged token
+(external-dns's claims signed by a key the cluster does not have) is refused by the app's local
+pre-check: the demo sends it once as it starts, beside a genuine token, and prints the stand-in's
+TokenReview count around each request, so the output shows that no TokenReview was sent for it.
+Serves until Ctrl-C.
 
 A second demo on a port that is taken, or on the work folder of a running demo, stops with a
 message and exit status 1 before it touches anything.
@@ -23,12 +27,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import yaml  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_bindcar.testing import FakeCluster
 
@@ -52,12 +59,15 @@ class Step:
     status: int
     command: str
     body: dict[str, object] | None = None
+    seen: str | None = None
+    """What the demo saw when it sent the request itself (comment lines after the command)."""
 
     def render(self) -> str:
         expected = f"# Expected: {self.status}"
         if self.body is not None:
             expected += " " + json.dumps(self.body)
-        return f"{self.comment}\n{expected}\n{self.command}\n"
+        seen = f"{self.seen}\n" if self.seen else ""
+        return f"{self.comment}\n{expected}\n{self.command}\n{seen}"
 
 
 def curl(url: str, path: str, token: Path | str | None = None, *, method: str = "GET", data: str | None = None) -> str:
@@ -87,6 +97,41 @@ def rbac_manifest() -> tuple[dict[str, Any], dict[str, Any]]:
         d for d in documents if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == role["metadata"]["name"]
     )
     return role, grant
+
+
+def forge(genuine: str) -> str:
+    """``genuine``'s header (the cluster's ``kid``) and claims, signed by a key the cluster does not have."""
+    header = jwt.get_unverified_header(genuine)
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, foreign, algorithm="RS256", headers={"kid": header["kid"]})
+
+
+def status_of(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310 - loopback URL
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def send_counting_reviews(cluster: FakeCluster, url: str, genuine: str, forged: str) -> str:
+    """Send ``genuine`` then ``forged`` to the app once, reading the stand-in's TokenReview count
+    around each: what the forged token's step prints under its command."""
+    lines = ["# Sent by the demo as it started, the stand-in's TokenReview count read around each request:"]
+    for label, token in (("external-dns's genuine token:", genuine), ("the forged token:", forged)):
+        before = cluster.review_requests
+        status = status_of(url, token)
+        after = cluster.review_requests
+        if token is genuine:
+            why = "its signature checked locally, then one TokenReview" if after == before + 1 else "reviewed"
+        elif after == before:
+            why = "refused locally: no TokenReview sent"
+        else:
+            why = "sent to the TokenReview: is the local pre-check off? see the server log"
+        lines.append(f"#   {label:<29} HTTP {status}, TokenReviews {before} -> {after} ({why})")
+    return "\n".join(lines)
 
 
 def script(cluster: FakeCluster, url: str, workdir: Path) -> list[tuple[str, list[Step]]]:
@@ -123,6 +168,10 @@ def script(cluster: FakeCluster, url: str, workdir: Path) -> list[tuple[str, lis
         "--serviceaccount=dns-system:external-dns"
     )
     zones = "/api/v1/zones"
+    genuine = cluster.token("dns-system", "external-dns", audiences=["bindcar"], expires_in=DEMO_TOKEN_LIFETIME)
+    forged = tokens / "forged"
+    forged.write_text(forge(genuine))
+    forged.chmod(0o600)
     return [
         (
             "Basic validation (every mode)",
@@ -160,6 +209,20 @@ def script(cluster: FakeCluster, url: str, workdir: Path) -> list[tuple[str, lis
                     401,
                     curl(url, zones, token("dns-system", "external-dns", file="expired", expires_in=-120)),
                     denied("[invalid bearer token, service account token has expired]"),
+                ),
+            ],
+        ),
+        (
+            "Testing Forged Tokens (the local pre-check, BIND_TOKEN_PRECHECK=auto: on once the cluster's keys load)",
+            [
+                Step(
+                    "# external-dns's claims and the cluster's kid, signed by a key the cluster does not have:\n"
+                    "# the app checks the signature with the keys the cluster publishes (/openid/v1/jwks) and\n"
+                    "# refuses the token itself, with the TokenReview's own answer, sending no TokenReview",
+                    401,
+                    curl(url, zones, forged),
+                    denied("[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"),
+                    seen=send_counting_reviews(cluster, url + zones, genuine, forged.read_text()),
                 ),
             ],
         ),

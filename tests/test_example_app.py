@@ -174,7 +174,7 @@ def printed(output: str, prefix: str) -> str:
 def test_demo_commands_give_their_printed_outcomes(demo: Demo) -> None:
     assert shutil.which("curl"), "the demo prints curl commands; curl must be installed to check them"
     steps = parse_demo(demo.output)
-    assert len(steps) == 17
+    assert len(steps) == 18
     stand_in = re.search(r"against a FakeCluster at (https://127\.0\.0\.1:\d+)$", demo.output.splitlines()[0])
     assert stand_in is not None
     app = [c for _, _, c in steps if f"http://127.0.0.1:{demo.port}/" in c]
@@ -183,7 +183,7 @@ def test_demo_commands_give_their_printed_outcomes(demo: Demo) -> None:
         for _, _, c in steps
         if c.endswith(f"{stand_in.group(1)}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
     ]
-    assert (len(app), len(grant)) == (16, 1)
+    assert (len(app), len(grant)) == (17, 1)
     assert all(command.startswith("curl -s ") for _, _, command in steps)
     # Short lines: every token is read from a file the demo wrote, none is printed.
     assert "eyJ" not in demo.output
@@ -205,6 +205,30 @@ def test_demo_rbac_pair_is_403_then_grant_then_200(demo: Demo) -> None:
         "clusterrolebinding bindcar-zones-external-dns --clusterrole=bindcar-zones-editor "
         "--serviceaccount=dns-system:external-dns"
     ) in demo.output.splitlines()
+
+
+def test_demo_shows_a_forged_token_refused_with_no_tokenreview(demo: Demo) -> None:
+    """The forged token's step, and what the demo saw sending it: the stand-in's TokenReview count
+    goes up for a genuine token and stays put for the forged one, refused by the local pre-check."""
+    lines = demo.output.splitlines()
+    start = lines.index(
+        "### Testing Forged Tokens (the local pre-check, BIND_TOKEN_PRECHECK=auto: on once the cluster's keys load)"
+    )
+    section = lines[start : lines.index("### Testing Security Restrictions: audience (BIND_TOKEN_AUDIENCES=bindcar)")]
+    [(status, body, command)] = parse_demo("\n".join(section))
+    assert (status, body) == (
+        401,
+        {"error": "Token validation failed: [invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"},
+    )
+    assert command.endswith(f'$(cat {demo.workdir / "tokens" / "forged"})" http://127.0.0.1:{demo.port}/api/v1/zones')
+    seen = section[section.index(command) + 1 :]
+    assert seen == [
+        "# Sent by the demo as it started, the stand-in's TokenReview count read around each request:",
+        "#   external-dns's genuine token: HTTP 200, TokenReviews 0 -> 1 (its signature checked locally, then one "
+        "TokenReview)",
+        "#   the forged token:             HTTP 401, TokenReviews 1 -> 1 (refused locally: no TokenReview sent)",
+        "",
+    ]
 
 
 def test_demo_prints_a_kubeconfig_that_reaches_the_stand_in(demo: Demo) -> None:

@@ -1,8 +1,9 @@
 """The stand-in's ServiceAccount issuer: the kid its tokens carry, the keys it publishes, and key
 rotation (a second key signs, the first still verifies), as kube-apiserver does it.
 
-What both clusters answer alike is in tests/test_contract.py; rotation needs a restart of a real
-kube-apiserver, so here it is the stand-in's.
+What both clusters answer alike is in tests/test_contract.py; rotation on both clusters (the real
+one restarts kube-apiserver), seen through an app with the pre-check on, in
+tests/test_key_rotation.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@
 ServiceAccount signing key and the static token file, starts the binaries of an envtest-style
 ``KUBEBUILDER_ASSETS`` folder (`find_assets`) on free ports of 127.0.0.1, waits until
 ``/readyz`` answers, and stops them again, naming the binary that exited and the tail of each log
-when a start fails. What is done with the running API server is `RealCluster`'s.
+when a start fails. Key rotation (`rotate_signing_key`) restarts kube-apiserver alone, as an
+operator does: a new ``--service-account-signing-key-file``, one more
+``--service-account-key-file``, etcd and its data untouched. What is done with the running API
+server is `RealCluster`'s.
 """
 
 from __future__ import annotations
@@ -80,14 +83,15 @@ class ControlPlane:
         self.static_tokens = {name: "static-" + uuid.uuid4().hex for name in static_users}
         self.admin_token = "admin-" + uuid.uuid4().hex
         self._start_timeout = start_timeout
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._kid = _key_id(self._key.public_key())
+        self._keys: list[rsa.RSAPrivateKey] = [rsa.generate_private_key(public_exponent=65537, key_size=2048)]
+        """The ServiceAccount keys, oldest first: every one verifies, the last one signs."""
         self._ca = trustme.CA()
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._logs: list[BinaryIO] = []
         self.ssl: ssl.SSLContext | None = None
         """A client context trusting the cluster's CA, once started."""
         self.port = 0
+        self._etcd_url = ""
 
     @property
     def running(self) -> bool:
@@ -101,9 +105,38 @@ class ControlPlane:
     def ca_pem(self) -> bytes:
         return bytes(self._ca.cert_pem.bytes())
 
+    @property
+    def kids(self) -> list[str]:
+        """The key IDs of the ServiceAccount keys, oldest first; the last one signs."""
+        return [_key_id(key.public_key()) for key in self._keys]
+
     def sign(self, claims: dict[str, Any]) -> str:
-        """A JWT of ``claims`` signed with the cluster's ServiceAccount key, as kube-apiserver signs."""
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._kid})
+        """A JWT of ``claims`` signed with the cluster's current ServiceAccount signing key, as
+        kube-apiserver signs."""
+        key = self._keys[-1]
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": _key_id(key.public_key())})
+
+    def rotate_signing_key(self) -> str:
+        """Sign with a new RSA key from now on, still verifying with the old ones: kube-apiserver
+        restarted with the new key as ``--service-account-signing-key-file`` and every public key
+        as a ``--service-account-key-file`` (its ``/openid/v1/jwks`` publishes them in that order,
+        oldest first). etcd keeps running, so the cluster's state survives; returns once
+        kube-apiserver is ready again, with the new key's ``kid``."""
+        if not self.running or self.dir is None:
+            raise RuntimeError("the control plane is not started")
+        self._keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        self._write_keys(self.dir)
+        self.restart_apiserver()
+        return self.kids[-1]
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port with the current flags (its log
+        appended to), and wait until it is ready; etcd is not touched."""
+        index = next(i for i, (name, _) in enumerate(self._processes) if name == "kube-apiserver")
+        _, process = self._processes[index]
+        _terminate(process)
+        self._processes[index] = ("kube-apiserver", self._spawn("kube-apiserver", self._apiserver_args(), append=True))
+        self._wait_ready()
 
     def start(self) -> None:
         """Start etcd and kube-apiserver and wait until it is ready; stopped again if that fails."""
@@ -125,73 +158,87 @@ class ControlPlane:
         serving = self._ca.issue_cert("127.0.0.1", "localhost")
         serving.private_key_pem.write_to_path(str(d / "apiserver.key"))
         serving.cert_chain_pems[0].write_to_path(str(d / "apiserver.crt"))
-        (d / "sa.key").write_bytes(
-            self._key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        (d / "sa.pub").write_bytes(
-            self._key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        self._write_keys(d)
         rows = [f'{self.admin_token},{ADMIN},{ADMIN},"system:masters"']
         rows += [f"{token},{name},{name}" for name, token in self.static_tokens.items()]
         (d / "tokens.csv").write_text("\n".join(rows) + "\n")
-        for name in ("tokens.csv", "sa.key", "apiserver.key"):
+        for name in ("tokens.csv", "apiserver.key"):
             (d / name).chmod(0o600)
 
         etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
-        self._spawn(
-            "etcd",
-            [
-                f"--data-dir={d / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
-                "--unsafe-no-fsync",
-                "--log-level=warn",
-            ],
-        )
-        self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.port}",
-                f"--cert-dir={d / 'certs'}",
-                f"--tls-cert-file={d / 'apiserver.crt'}",
-                f"--tls-private-key-file={d / 'apiserver.key'}",
-                f"--client-ca-file={d / 'ca.crt'}",
-                f"--token-auth-file={d / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer={ISSUER}",
-                f"--service-account-key-file={d / 'sa.pub'}",
-                f"--service-account-signing-key-file={d / 'sa.key'}",
-                f"--api-audiences={API_AUDIENCE}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
+        etcd_args = [
+            f"--data-dir={d / 'etcd'}",
+            f"--listen-client-urls={self._etcd_url}",
+            f"--advertise-client-urls={self._etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+        self._processes.append(("etcd", self._spawn("etcd", etcd_args)))
+        self._processes.append(("kube-apiserver", self._spawn("kube-apiserver", self._apiserver_args())))
         self.ssl = ssl.create_default_context(cafile=str(d / "ca.crt"))
         self._wait_ready()
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _key_files(self, d: Path) -> list[tuple[Path, Path]]:
+        """``(private, public)`` file of each ServiceAccount key, oldest first: ``sa.key`` and
+        ``sa.pub`` for the first, ``sa-2.key`` and ``sa-2.pub`` for the next..."""
+        return [
+            (d / f"{stem}.key", d / f"{stem}.pub")
+            for stem in ["sa"] + [f"sa-{n}" for n in range(2, len(self._keys) + 1)]
+        ]
+
+    def _write_keys(self, d: Path) -> None:
+        for key, (private, public) in zip(self._keys, self._key_files(d), strict=True):
+            private.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            private.chmod(0o600)
+            public.write_bytes(
+                key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+
+    def _apiserver_args(self) -> list[str]:
+        """kube-apiserver's flags: every ServiceAccount public key verifies, the newest key signs."""
         assert self.dir is not None
-        log = (self.dir / f"{name}.log").open("wb")
+        d = self.dir
+        key_files = self._key_files(d)
+        return [
+            f"--etcd-servers={self._etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--cert-dir={d / 'certs'}",
+            f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            f"--token-auth-file={d / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={ISSUER}",
+            *(f"--service-account-key-file={public}" for _, public in key_files),
+            f"--service-account-signing-key-file={key_files[-1][0]}",
+            f"--api-audiences={API_AUDIENCE}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _spawn(self, name: str, args: list[str], *, append: bool = False) -> subprocess.Popen[bytes]:
+        assert self.dir is not None
+        log = (self.dir / f"{name}.log").open("ab" if append else "wb")
         self._logs.append(log)
-        process = subprocess.Popen(  # noqa: S603 - our own binaries, fixed arguments
+        return subprocess.Popen(  # noqa: S603 - our own binaries, fixed arguments
             [str(self.assets / name), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-        self._processes.append((name, process))
 
     def _ready(self) -> bool:
         request = urllib.request.Request(self.url + "/readyz")  # noqa: S310 - https only
@@ -231,11 +278,7 @@ class ControlPlane:
             if process.poll() is None:
                 process.terminate()
         for _, process in reversed(self._processes):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _reap(process)
         self._processes.clear()
         for log in self._logs:
             log.close()
@@ -246,6 +289,22 @@ class ControlPlane:
         elif self.dir is not None:
             for name in ("etcd", "certs"):
                 shutil.rmtree(self.dir / name, ignore_errors=True)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``process`` if it still runs, and reap it (`_reap`)."""
+    if process.poll() is None:
+        process.terminate()
+    _reap(process)
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Wait for ``process`` to exit; SIGKILL after 10 s."""
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _key_id(public_key: rsa.RSAPublicKey) -> str:

@@ -65,10 +65,11 @@ class Cluster(Protocol):
     """The interface `FakeCluster` and `RealCluster` share: one test body for both.
 
     A running cluster (a context manager, or `start` / `stop`) that mints bound ServiceAccount
-    tokens, holds accounts and pods whose deletion invalidates their tokens, grants RBAC (`allow`,
-    `grant_token_review`) and writes what the official client reads (`write_kubeconfig`,
-    `incluster_files`). What only one of them has stays on its class: faults, latency and counters
-    on `FakeCluster`; ``api``, ``kubectl`` and ``admin_kubeconfig`` on `RealCluster`.
+    tokens and rotates the key it signs them with (`rotate_signing_key`), holds accounts and pods
+    whose deletion invalidates their tokens, grants RBAC (`allow`, `grant_token_review`) and writes
+    what the official client reads (`write_kubeconfig`, `incluster_files`). What only one of them
+    has stays on its class: faults, latency and counters on `FakeCluster`; ``api``, ``kubectl``
+    and ``admin_kubeconfig`` on `RealCluster`.
     """
 
     caller_token: str
@@ -108,6 +109,12 @@ class Cluster(Protocol):
         not_before: float | None = None,
     ) -> str:
         """A bound ServiceAccount token, as ``kubectl create token``; creates the account (and pod)."""
+        ...
+
+    def rotate_signing_key(self) -> str:
+        """Sign new tokens with a new key, tokens of the old one still accepted (kube-apiserver
+        restarted with one more ``--service-account-key-file``); both published at
+        ``/openid/v1/jwks``. The new key's ``kid``."""
         ...
 
     def create_service_account(self, namespace: str, name: str) -> ServiceAccount: ...

@@ -3,8 +3,8 @@
 `RealCluster` starts the binaries of an envtest-style ``KUBEBUILDER_ASSETS`` folder (``etcd``,
 ``kube-apiserver``, ``kubectl``; this repository builds them with ``make cluster-assets``) on free
 ports of 127.0.0.1, with generated certificates, ``--authorization-mode=RBAC`` and a
-ServiceAccount issuer whose signing key it holds (the processes are
-`flask_bindcar.testing.controlplane`'s). Everything else goes through the real API: accounts,
+ServiceAccount issuer whose signing keys it holds, rotated by restarting kube-apiserver (the
+processes are `flask_bindcar.testing.controlplane`'s). Everything else goes through the real API: accounts,
 pods and tokens from TokenRequest, RBAC grants as Roles and bindings that count once a
 SubjectAccessReview says so. The tokens TokenRequest refuses to mint (expired, not yet valid) are
 signed with the cluster's own key.
@@ -383,6 +383,17 @@ class RealCluster:
         """A JWT of any ``claims``, signed with the cluster's own ServiceAccount key (for tokens no
         TokenRequest mints: issued in the future, missing claims...)."""
         return self._plane.sign(claims)
+
+    def rotate_signing_key(self) -> str:
+        """Sign new tokens with a new key while the old ones stay valid: kube-apiserver restarted
+        with the new key as ``--service-account-signing-key-file`` and one more
+        ``--service-account-key-file``, as `FakeCluster.rotate_signing_key`. etcd keeps running,
+        so accounts, pods and grants survive; ``/openid/v1/jwks`` publishes every key, oldest
+        first. Returns the new key's ``kid`` once kube-apiserver is ready again and RBAC answers
+        (its authorizer learns the grants anew by a watch after the restart)."""
+        kid = self._plane.rotate_signing_key()
+        self._wait_can_review(DEFAULT_CALLER, True)
+        return kid
 
     def _token_request(
         self, namespace: str, name: str, audiences: list[str] | None, seconds: int, pod: Pod | None
