@@ -95,6 +95,7 @@ class Plan:
                 (0.28 * s, "apiserver-freeze", 8),
                 (0.38 * s, "apiserver-kill", stale_ttl + 15),
                 (0.55 * s, "etcd-restart", 5),
+                (0.60 * s, "key-rotation", 0),
                 (0.65 * s, "grant", 0),
                 (0.70 * s, "revoke", 0),
                 (0.75 * s, "delete-pod", 0),
@@ -366,6 +367,12 @@ class Soak:
             lambda: faults.start(cluster, "etcd"),
             down,
         )
+
+    def _do_key_rotation(self, cluster: RealCluster, load: Load, _: float) -> None:
+        """A new signing key: kube-apiserver restarted with it (the old key still accepted). Old
+        tokens must stay valid; fresh tokens, signed by the new key, must be accepted once it is
+        back, which the app's pre-check learns by one refetch of the keys."""
+        self._outage(cluster, load, "key-rotation", cluster.rotate_signing_key, lambda: None, 0)
 
     def _do_slow_api(self, cluster: RealCluster, load: Load, seconds: float) -> None:
         """Every call of the app to kube-apiserver slowed by `SLOW_API_DELAY` per chunk sent, for ``seconds``."""
