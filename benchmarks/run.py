@@ -675,11 +675,38 @@ def bench_local(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str
         rounds,
         shuffle=True,
     )
+    jwt_mode = bench_jwt_mode(cluster, kubeconfig, token, per_sample, rounds)
     return {
         "flood": flood,
+        "jwt_mode": jwt_mode,
         "refusal_cost": {
             "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
             "ratio": round(medians["refused locally"] / medians["warm cached request"], 3),
+        },
+    }
+
+
+def bench_jwt_mode(cluster: FakeCluster, kubeconfig: Path, token: str, per_sample: int, rounds: int) -> dict[str, Any]:
+    """jwt mode against TokenReview mode, warm (cached) and cold (cache TTL 0: every request
+    verified, or reviewed by the in-process stand-in), side by side."""
+    environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+    apps = {}
+    for mode in ("tokenreview", "jwt"):
+        for temperature, ttl in (("warm", 10), ("cold", 0)):
+            app = bare_app()
+            BindcarAuth(app, mode=mode, kubeconfig=str(kubeconfig), cache_ttl=ttl, cache_failure_ttl=ttl)
+            status, body = _status_of(app, environ)
+            assert status.startswith("200"), (mode, temperature, status, body)
+            apps[f"{mode} ({temperature})"] = app
+    medians = interleaved(
+        {name: (lambda app=app: wsgi_cost(app, environ, per_sample)) for name, app in apps.items()},
+        rounds,
+        shuffle=True,
+    )
+    return {
+        "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
+        "jwt_over_tokenreview": {
+            t: round(medians[f"jwt ({t})"] / medians[f"tokenreview ({t})"], 3) for t in ("warm", "cold")
         },
     }
 

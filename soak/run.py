@@ -372,7 +372,10 @@ class Soak:
         """A new signing key: kube-apiserver restarted with it (the old key still accepted). Old
         tokens must stay valid; fresh tokens, signed by the new key, must be accepted once it is
         back, which the app's pre-check learns by one refetch of the keys."""
-        self._outage(cluster, load, "key-rotation", cluster.rotate_signing_key, lambda: None, 0)
+        def rotate() -> None:
+            self.log(f"soak: new signing key {cluster.rotate_signing_key()}")
+
+        self._outage(cluster, load, "key-rotation", rotate, lambda: None, 0)
 
     def _do_slow_api(self, cluster: RealCluster, load: Load, seconds: float) -> None:
         """Every call of the app to kube-apiserver slowed by `SLOW_API_DELAY` per chunk sent, for ``seconds``."""
