@@ -173,8 +173,22 @@ def doctor(
     if config.mode == "jwt":
         return Report("flask-bindcar doctor", checks + _jwt_checks(config, threads, environ, authorization))
     checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
-    checks += _kubernetes_checks(config, authorization)
-    return Report("flask-bindcar doctor", checks)
+    kubernetes = _kubernetes_checks(config, authorization)
+    after = next((i + 1 for i, c in enumerate(kubernetes) if c.name == "api server"), len(kubernetes))
+    kubernetes.insert(after, _precheck_check(config, kubernetes))  # the keys come from the API server
+    return Report("flask-bindcar doctor", checks + kubernetes)
+
+
+def _precheck_check(config: AuthConfig, checks: list[Check]) -> Check:
+    """TokenReview mode's local pre-check: its keys as a request would fetch them (`keys_check`).
+    With ``auto`` keys that cannot be had are a warning (the pre-check turns itself off and every
+    token goes to the TokenReview); with ``on``, a failure (every uncached token is refused)."""
+    name = "local pre-check"
+    if config.token_precheck == "off":
+        return Check(name, "skip", f"{config.sources['token_precheck'][1]}=off: every token goes to the TokenReview")
+    if any(c.name == "api server" and c.status == "fail" for c in checks):
+        return Check(name, "skip", "the API server did not answer")
+    return keys_check(config, name=name, failure="fail" if config.token_precheck == "on" else "warn")
 
 
 def _jwt_checks(
@@ -192,9 +206,10 @@ def _jwt_checks(
     return [*checks, keys_check(config)]
 
 
-def keys_check(config: AuthConfig) -> Check:
-    """jwt mode's keys, fetched as a request fetches them: the issuer, where the keys came from, how
-    many, their ``kid``\\ s and age (`flask_bindcar.precheck.PreCheck.describe`)."""
+def keys_check(config: AuthConfig, *, name: str = "signing keys", failure: str = "fail") -> Check:
+    """The issuer's keys, fetched as a request fetches them: the issuer, where the keys came from,
+    how many, their ``kid``\\ s and age (`flask_bindcar.precheck.PreCheck.describe`). ``failure`` is
+    the status when they cannot be had (``warn`` for the pre-check's ``auto``)."""
     from flask_bindcar.apiserver import ApiServerClient
     from flask_bindcar.precheck import PreCheck
 
@@ -203,9 +218,11 @@ def keys_check(config: AuthConfig) -> Check:
         precheck.keys()
     except AuthError as e:
         why = e.message.removeprefix(VALIDATION_FAILED.format(reason="")).removeprefix(API_CALL_FAILED.format(why=""))
+        if failure == "warn":
+            why = f"off in this process: {why}; tokens go to the TokenReview unchecked"
         return Check(
-            "signing keys",
-            "fail",
+            name,
+            failure,  # type: ignore[arg-type]
             why,
             fix="check BIND_TOKEN_ISSUER and BIND_JWKS_URL; through the API server, this service's ServiceAccount "
             "reads them by the default system:service-account-issuer-discovery binding",
@@ -219,7 +236,7 @@ def keys_check(config: AuthConfig) -> Check:
     if keys["skipped"]:
         lines.append(f"{keys['skipped']} key(s) of the document skipped: another type, use or curve")
     count = f"{keys['keys']} key{'' if keys['keys'] == 1 else 's'}"
-    return Check("signing keys", "pass", f"{count} of {', '.join(keys['issuers'])} from {source}", lines=lines)
+    return Check(name, "pass", f"{count} of {', '.join(keys['issuers'])} from {source}", lines=lines)
 
 
 def gunicorn_threads(environ: Mapping[str, str]) -> int | None:

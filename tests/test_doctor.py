@@ -76,10 +76,15 @@ def test_doctor_all_good(fake_kubeconfig: Path) -> None:
         ("bulkhead", "pass"),
         ("client", "pass"),
         ("api server", "pass"),
+        ("local pre-check", "pass"),
         ("permission", "pass"),
         ("authorization permission", "skip"),
         ("token review", "pass"),
     ]
+    assert checks[5]["detail"] == (
+        "1 key of https://kubernetes.default.svc.cluster.local from /openid/v1/jwks (through the API server)"
+    )
+    assert checks[5]["lines"][0].startswith("kid ")
     assert checks[4]["detail"].startswith("https://127.0.0.1:")
     assert "answered /version (v1.31.0-fake) in " in checks[4]["detail"]
 
@@ -411,3 +416,30 @@ def test_doctor_when_the_permission_cannot_be_asked(tmp_path: Path) -> None:
         "could not ask whether this client may create subjectaccessreviews: AttributeError: 'str' object has no "
         "attribute 'get'",
     )
+
+
+@pytest.mark.parametrize(("precheck", "status"), [("auto", "warn"), ("on", "fail")])
+def test_doctor_when_the_pre_check_cannot_read_the_keys(
+    fake_cluster: FakeCluster, tmp_path: Path, precheck: str, status: str
+) -> None:
+    """A caller that is no ServiceAccount cannot read the issuer's documents: with auto the
+    pre-check turns itself off (a warning), with on every uncached token would be refused."""
+    kubeconfig = fake_cluster.write_kubeconfig(tmp_path / "jane", fake_cluster.add_caller("jane"))
+    config = AuthConfig.load(
+        {"mode": "tokenreview", "kubeconfig": str(kubeconfig), "token_precheck": precheck}, environ={}
+    )
+    check = {c.name: c for c in doctor(config).checks}["local pre-check"]
+    why = (
+        'GET /.well-known/openid-configuration: HTTP 403 Forbidden: forbidden: User "jane" cannot get path '
+        '"/.well-known/openid-configuration" (api_rejected)'
+    )
+    expected = f"off in this process: {why}; tokens go to the TokenReview unchecked" if precheck == "auto" else why
+    assert (check.status, check.detail) == (status, expected)
+
+
+def test_doctor_pre_check_off_is_skipped(fake_kubeconfig: Path) -> None:
+    config = AuthConfig.load(
+        {"mode": "tokenreview", "kubeconfig": str(fake_kubeconfig), "token_precheck": "off"}, environ={}
+    )
+    check = {c.name: c for c in doctor(config).checks}["local pre-check"]
+    assert (check.status, check.detail) == ("skip", "token_precheck=off: every token goes to the TokenReview")
