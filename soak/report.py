@@ -21,16 +21,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {v.get('wrong_allow', 0)} | {v.get('wrong_deny', 0)} | {v.get('undocumented', 0)} "
         f"| {v.get('hung', 0)} | {'yes' if result['passed'] else 'no'} |",
         "",
-        "| phase (from, s) | requests | status codes | p50 ms | p99 ms | max ms | wrong |",
-        "|---|---|---|---|---|---|---|",
+        "| phase (from, s) | requests | status codes | p50 ms | p99 ms | max ms | wrong | TokenReviews/s, SARs/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for p in result["phases"]:
+    rates = result.get("reviews_per_second", {})
+    phase_rates = [r["rates"] for r in rates.get("phases", [])] or [None] * len(result["phases"])
+    for p, rate in zip(result["phases"], phase_rates, strict=True):
         codes = ", ".join(f"{k}: {n}" for k, n in p["statuses"].items())
         wrong = sum(n for k, n in p["verdicts"].items() if k != "ok")
         lines.append(
             f"| {p['phase']} ({p['start']:.0f}) | {p['requests']} | {codes} | {p['p50_ms']} | {p['p99_ms']} "
-            f"| {p['max_ms']} | {wrong} |"
+            f"| {p['max_ms']} | {wrong} | {_rates(rate)} |"
         )
+    if rates.get("run"):
+        lines += [
+            "",
+            f"kube-apiserver served {rates['run']['tokenreviews']:.1f} TokenReviews and "
+            f"{rates['run']['subjectaccessreviews']:.1f} SubjectAccessReviews per second over the run "
+            "(its own `apiserver_request_total`).",
+        ]
     lines += [
         "",
         "| fault | at (s) | down until ready (s) | fresh token accepted after ready (s) |",
@@ -43,6 +52,13 @@ def markdown(result: dict[str, Any]) -> str:
     for pid, start in rss["start"].items():
         lines.append(f"| {pid} | {start} | {rss['end'].get(pid, '-')} | {rss['growth'].get(pid, '-')} |")
     return "\n".join(lines) + "\n"
+
+
+def _rates(rate: dict[str, float] | None) -> str:
+    """TokenReviews and SubjectAccessReviews per second; a dash where kube-apiserver was down."""
+    if not rate:
+        return "—"
+    return f"{rate['tokenreviews']:.1f}, {rate['subjectaccessreviews']:.1f}"
 
 
 if __name__ == "__main__":

@@ -372,6 +372,7 @@ class Soak:
         """A new signing key: kube-apiserver restarted with it (the old key still accepted). Old
         tokens must stay valid; fresh tokens, signed by the new key, must be accepted once it is
         back, which the app's pre-check learns by one refetch of the keys."""
+
         def rotate() -> None:
             self.log(f"soak: new signing key {cluster.rotate_signing_key()}")
 
