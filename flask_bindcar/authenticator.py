@@ -186,15 +186,13 @@ class Authenticator:
         if method not in self.config.allowed_methods or (rules is not None and rules.path):
             self.check_target(method, path, environ, rules, where)
         asks_rbac = rules is not None and (view_args is not None or not rules.view_args)
-        deadline = request_deadline(self.config.review_timeout) if asks_rbac else None  # one for both reviews
-        try:
-            identity = self.authenticate(header, where=where, trace=trace)
-            if policy.narrows:
-                self.authorize(identity, policy, where, trace)
-            if asks_rbac:
-                self.check_access(identity, rules, method, path or "/", view_args, where, trace)  # type: ignore[arg-type]
-        finally:
-            end_request_deadline(deadline)
+        started = time.monotonic() if asks_rbac else 0.0  # a SubjectAccessReview gets what the TokenReview left
+        identity = self.authenticate(header, where=where, trace=trace)
+        if policy.narrows:
+            self.authorize(identity, policy, where, trace)
+        if asks_rbac:
+            end = started + self.config.review_timeout
+            self.check_access(identity, rules, method, path or "/", view_args, where, trace, end)  # type: ignore[arg-type]
         return identity
 
     def check_target(
@@ -292,8 +290,10 @@ class Authenticator:
         view_args: Mapping[str, Any] | None = None,
         where: Where = (None, None, None),
         trace: Trace | None = None,
+        deadline: float | None = None,
     ) -> None:
-        """Ask RBAC whether ``identity`` may make this request, as ``rbac`` describes it.
+        """Ask RBAC whether ``identity`` may make this request, as ``rbac`` describes it; a review
+        ends by ``deadline`` (`time.monotonic`; the request's, when `admit` asks).
 
         Raises `AccessDenied` (403) when it may not, `AuthzUnavailable` (503) when no answer can
         be had (or ``rbac`` names a view argument the route lacks); either way after logging the
@@ -312,7 +312,7 @@ class Authenticator:
                 raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
             if self.authorizer is None:
                 raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
-            decision, cache, latency = self.authorizer.check(identity, attributes)
+            decision, cache, latency = self.authorizer.check(identity, attributes, deadline)
         except (AccessDenied, AuthzUnavailable) as e:
             self.recorder.authorization(
                 where,

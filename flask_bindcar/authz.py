@@ -37,6 +37,7 @@ from flask_bindcar.identity import Identity
 from flask_bindcar.metrics import Metrics
 from flask_bindcar.rbac import Attributes
 from flask_bindcar.scrub import MAX_SERVER_TEXT, scrub
+from flask_bindcar.transport import end_request_deadline, request_deadline_at
 
 SAR_API_VERSION = "authorization.k8s.io/v1"
 NOT_CONFIGURED = "it needs BIND_AUTH_MODE=tokenreview or jwt (Basic mode does not know who the caller is)"
@@ -146,8 +147,11 @@ class Authorizer:
             wait_timeout=config.review_timeout,
         )
 
-    def check(self, identity: Identity, attributes: Attributes) -> tuple[Decision, CacheResult, float | None]:
+    def check(
+        self, identity: Identity, attributes: Attributes, deadline: float | None = None
+    ) -> tuple[Decision, CacheResult, float | None]:
         """The decision, how the cache answered and the review's latency in ms (None on a hit).
+        A review ends by ``deadline`` (`time.monotonic`) when one is given: the request's own.
 
         Raises `AccessDenied` (with the decision's reason kept apart from the body) or
         `AuthzUnavailable`.
@@ -155,7 +159,7 @@ class Authorizer:
         key = (identity.username, identity.uid, identity.groups, _extra_key(identity), attributes)
         started = time.perf_counter()
         try:
-            decision, cache = self.cache.get_or_review(key, lambda: self._review(identity, attributes))
+            decision, cache = self.cache.get_or_review(key, lambda: self._review(identity, attributes, deadline))
         except AuthzUnavailable as e:
             e.review_latency_ms = round((time.perf_counter() - started) * 1000, 3)
             raise
@@ -168,8 +172,15 @@ class Authorizer:
             raise denied
         return decision, cache, latency
 
-    def _review(self, identity: Identity, attributes: Attributes) -> Decision:
-        """One SubjectAccessReview, if a slot of the bulkhead is free."""
+    def _review(self, identity: Identity, attributes: Attributes, deadline: float | None = None) -> Decision:
+        """One SubjectAccessReview, if a slot of the bulkhead is free, ended by ``deadline``."""
+        token = request_deadline_at(deadline) if deadline is not None else None
+        try:
+            return self._ask(identity, attributes)
+        finally:
+            end_request_deadline(token)
+
+    def _ask(self, identity: Identity, attributes: Attributes) -> Decision:
         caller = identity.username
         if not self.bulkhead.acquire(caller):
             held = self.bulkhead.held(caller)

@@ -48,7 +48,11 @@ def request_deadline(seconds: float) -> Token[float | None] | None:
     them together: a request's key fetch, TokenReview and SubjectAccessReview share one review
     timeout rather than taking one each. Returns the token for `end_request_deadline`, or None
     when an earlier end is already set (it stays)."""
-    end = time.monotonic() + seconds
+    return request_deadline_at(time.monotonic() + seconds)
+
+
+def request_deadline_at(end: float) -> Token[float | None] | None:
+    """`request_deadline` with its end (`time.monotonic`) given: the one a request started with."""
     current = _request_end.get()
     if current is not None and current <= end:
         return None
