@@ -415,3 +415,23 @@ def test_doctor_checks_each_cluster(
         assert found[f"east: {check}"] == "pass", check
     assert found["west: api server"] == "fail"
     assert found["west: signing keys"] == "fail"
+
+
+# -- review ----------------------------------------------------------------------------------------
+
+
+def test_review_shows_the_route(
+    east: RecordingFakeCluster, west: RecordingFakeCluster, clusters: list[dict[str, Any]]
+) -> None:
+    from flask_bindcar.review import review
+
+    config = AuthConfig.load({"mode": "tokenreview", "clusters": clusters})
+    report, identity, _ = review(config, west.token(NS, SA, audiences=["bindcar"]))
+    assert identity is not None and identity.cluster == "west"
+    assert [(c.name, c.status, c.detail) for c in report.checks if c.name == "cluster"] == [
+        ("cluster", "pass", "routed by its issuer to the cluster west")
+    ]
+    report, identity, error = review(config, RecordingFakeCluster(issuer=NORTH).token(NS, SA, audiences=["bindcar"]))
+    assert identity is None and error is not None and error.message == NOT_AUTHENTICATED["error"]
+    assert [(c.name, c.status) for c in report.checks][-2:] == [("cluster", "fail"), ("result", "fail")]
+    assert (east.requests_seen, west.requests_seen) == (0, 2)
