@@ -100,9 +100,12 @@ def build_api_client(config: AuthConfig) -> tuple[ApiClient, str]:
                 if not existing:
                     raise ClientBuildError(f"kubeconfig {path} does not exist")
                 load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=os.pathsep.join(existing), client_configuration=cfg, persist_config=False
+                    config_file=os.pathsep.join(existing),
+                    context=config.kube_context,
+                    client_configuration=cfg,
+                    persist_config=False,
                 )
-                source = f"kubeconfig {path}"
+                source = f"kubeconfig {path}" + (f" context {config.kube_context}" if config.kube_context else "")
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
                 load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
                 source = "in-cluster ServiceAccount"

@@ -47,6 +47,8 @@ class AuditRecord:
     SubjectAccessReview's ``status.reason``."""
     pod_name: str | None = None
     """The pod the caller's token is bound to, when it is."""
+    cluster: str | None = None
+    """The trusted cluster the token was routed to, when it was; only with ``BIND_CLUSTERS_FILE``."""
 
 
 class Recorder:
@@ -57,6 +59,9 @@ class Recorder:
     def __init__(self, metrics: Metrics | None, *, quiet: bool = False):
         self.metrics = None if quiet else metrics
         self.quiet = quiet
+        self.with_cluster = False
+        """Whether records carry the ``cluster`` field: set with ``BIND_CLUSTERS_FILE``, so a
+        configuration without it writes the records it always wrote."""
         self._cache_labels = {r: ("hit" if r == "shared" else r,) for r in get_args(CacheResult)}
 
     def cache(self, result: CacheResult) -> None:
@@ -74,6 +79,8 @@ class Recorder:
             metrics.requests.inc("allow", "ok")
             if cache is not None:
                 metrics.cache.inc(*self._cache_labels[cache])
+            if identity.cluster is not None:
+                metrics.cluster_requests.inc(identity.cluster, "allow")
         if not self.quiet and audit_logger.isEnabledFor(logging.INFO):
             self._decided("allow", where, identity=identity, cache=cache, latency=latency, counted=True)
 
@@ -84,8 +91,10 @@ class Recorder:
         identity: Identity | None = None,
         cache: CacheResult | None = None,
         latency: float | None = None,
+        cluster: str | None = None,
     ) -> None:
-        """A request refused before or during authentication (400, 401, 405, 429)."""
+        """A request refused before or during authentication (400, 401, 405, 429); ``cluster``, the
+        trusted cluster the token was routed to, when it was."""
         if not self.quiet:
             logger.warning(
                 "authentication failed: %s [reason=%s remote_addr=%s method=%s path=%r]",
@@ -94,7 +103,10 @@ class Recorder:
                 *where,
             )
         result = "rate_limited" if isinstance(error, RateLimited) else "deny"
-        self._decided(result, where, error=error, identity=identity, cache=cache, latency=latency)
+        cluster = cluster or (identity.cluster if identity is not None else None)
+        if cluster is not None and self.metrics is not None:
+            self.metrics.cluster_requests.inc(cluster, "deny")
+        self._decided(result, where, error=error, identity=identity, cache=cache, latency=latency, cluster=cluster)
 
     def authorization(
         self,
@@ -114,6 +126,8 @@ class Recorder:
             outcome, result = "denied", "deny"
         else:
             outcome, result = "unavailable", "unavailable"
+        if error is not None and identity.cluster is not None and self.metrics is not None:
+            self.metrics.cluster_requests.inc(identity.cluster, "forbidden" if outcome == "denied" else outcome)
         if error is not None and not self.quiet:
             logger.warning(
                 "authorization %s: %s [reason=%s review_reason=%r remote_addr=%s method=%s path=%r]",
@@ -144,6 +158,7 @@ class Recorder:
         latency: float | None = None,
         authorization: tuple[Attributes | None, str, str | None] | None = None,
         counted: bool = False,
+        cluster: str | None = None,
     ) -> None:
         """Count the decision (unless ``counted`` already), and write its audit record when anyone listens."""
         reason = error.reason if error is not None else None
@@ -169,8 +184,11 @@ class Recorder:
             review_latency_ms=latency,
             authorization=_authorization_record(authorization) if authorization is not None else None,
             pod_name=identity.pod_name if identity is not None else None,
+            cluster=cluster or (identity.cluster if identity is not None else None),
         )
         fields = asdict(record)
+        if not self.with_cluster:
+            del fields["cluster"]
         audit_logger.info(json.dumps(fields), extra={"bindcar_audit": fields})
 
 

@@ -24,13 +24,11 @@ from flask_bindcar.audit import Recorder, Where
 from flask_bindcar.authz import NOT_CONFIGURED, Authorizer
 from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
 from flask_bindcar.cache import ReviewCache
+from flask_bindcar.clusters import UNKNOWN_ISSUER, Clusters, TrustedCluster
 from flask_bindcar.config import FAILURE_LIMIT_WARNING, MODE_NAMES, AuthConfig
 from flask_bindcar.credentials import bearer_token, check_token_format
 from flask_bindcar.errors import (
-    API_OVERLOADED,
     INVALID_API_TOKEN,
-    OVERLOADED,
-    OVERLOADED_UNVERIFIED,
     AccessDenied,
     AuthError,
     AuthzUnavailable,
@@ -66,8 +64,6 @@ NO_ALLOWLIST_TEMPLATE = (
 )
 NO_ALLOWLIST_WARNING = NO_ALLOWLIST_TEMPLATE.format(mode="TokenReview mode")
 BASIC_IDENTITY = Identity(method="basic")
-UNVERIFIED_SHARE = "tokens the issuer's keys could not vouch for"
-"""The bulkhead key every such token's TokenReview holds its slot under: together, one caller's share."""
 SHARED_SECRET_IDENTITY = Identity(method="shared-secret")
 
 
@@ -111,21 +107,26 @@ class Authenticator:
         self.precheck: PreCheck | None = None
         self.local: LocalReview | None = None
         """jwt mode: what a cache miss asks instead of a TokenReview."""
+        self.clusters: Clusters | None = None
+        """TokenReview and jwt modes: the trusted clusters, one unnamed without ``BIND_CLUSTERS_FILE``."""
         self.limiter = FailureLimiter(config.failure_limit) if config.failure_limit else None
         self._generic = config.error_detail == "generic"
         self.recorder = recorder if recorder is not None else Recorder(get_metrics())
         self.metrics = self.recorder.metrics
+        if config.clusters is not None:
+            self.recorder.with_cluster = True
         self.bulkhead = Bulkhead(
             config.review_max_inflight,
             config.review_max_inflight_per_caller or default_share(config.review_max_inflight),
             wait=min(DEFAULT_WAIT, config.review_timeout),
         )
+        self.authorizer: Authorizer | None = None
         if config.mode != "basic":
-            self.reviewer = ApiServerClient(config)  # jwt mode: for its keys and RBAC, when they need it
-            if config.mode == "jwt":
-                self.local = LocalReview(config, self.reviewer)
-            else:
-                self.precheck = PreCheck(config, self.reviewer)
+            self.clusters = Clusters(config, self.metrics)
+            if self.clusters.default is not None:  # one cluster: its parts, as they always were here
+                default = self.clusters.default
+                self.reviewer, self.local, self.precheck = default.reviewer, default.local, default.precheck
+                self.bulkhead, self.authorizer = default.bulkhead, default.authorizer
             self.cache = ReviewCache(
                 ttl=config.cache_ttl,
                 failure_ttl=config.cache_failure_ttl,
@@ -135,9 +136,6 @@ class Authenticator:
             )
         self._check_header_format = self.cache is None  # with a cache, only a miss checks it (`_review`)
         self._review_once = self._review  # bound once: the warm path makes no method object per request
-        self.authorizer = (
-            Authorizer(config, self.reviewer, self.bulkhead, self.metrics) if self.reviewer is not None else None
-        )
         if announce:
             self._announce()
 
@@ -234,7 +232,7 @@ class Authenticator:
         """
         if where is None:
             where = (remote_addr, method, path)
-        found: list[Any] = [None, None]  # the review cache's answer and latency, once asked
+        found: list[Any] = [None, None, None]  # the review cache's answer, latency and cluster, once asked
         try:
             if self.limiter is not None:
                 if trace is not None:
@@ -251,7 +249,8 @@ class Authenticator:
             if found[0] is not None:
                 self.recorder.cache(found[0])
             cache = found[0] or e.cache
-            self.recorder.refused(e, where, cache=cache, latency=found[1] or e.review_latency_ms)  # type: ignore[arg-type]
+            latency = found[1] or e.review_latency_ms
+            self.recorder.refused(e, where, cache=cache, latency=latency, cluster=found[2] or e.cluster)  # type: ignore[arg-type]
             if self._generic:
                 raise e.generic() from None
             raise
@@ -303,16 +302,17 @@ class Authenticator:
             trace.enter("rbac")
         attributes: Attributes | None = None
         try:
+            authorizer = self.authorizer if identity.cluster is None else self._authorizer(identity.cluster)
             try:
                 attributes = rbac.attributes(method, path, view_args)
             except KeyError as e:
-                if self.authorizer is None:  # Basic mode: no rule could be asked about, whatever the route
+                if authorizer is None:  # Basic mode: no rule could be asked about, whatever the route
                     raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured") from None
                 logger.error("RBAC%r names the view argument %s, which this route does not have", rbac.summary(), e)
                 raise AuthzUnavailable(f"the route has no view argument {e}", reason="bad_template") from None
-            if self.authorizer is None:
+            if authorizer is None:
                 raise AuthzUnavailable(NOT_CONFIGURED, reason="not_configured")
-            decision, cache, latency = self.authorizer.check(identity, attributes, deadline)
+            decision, cache, latency = authorizer.check(identity, attributes, deadline)
         except (AccessDenied, AuthzUnavailable) as e:
             self.recorder.authorization(
                 where,
@@ -332,6 +332,12 @@ class Authenticator:
         if trace is not None:
             trace.found(identity=identity, attributes=attributes, decision=decision, latency=latency)
 
+    def _authorizer(self, cluster: str) -> Authorizer | None:
+        """The SubjectAccessReview `Authorizer` of a routed caller's cluster: each cluster's RBAC
+        answers for its own callers only."""
+        assert self.clusters is not None
+        return self.clusters.authorizer(cluster)
+
     def _chain(self, header: str | None, found: list[Any], trace: Trace | None) -> Identity:
         """The header, then Basic or TokenReview, then the app's allowlists and pod binding.
 
@@ -343,7 +349,7 @@ class Authenticator:
         token = bearer_token(header, check_format=self._check_header_format or trace is not None)
         if trace is not None:
             trace.found(length=len(token))
-        if self.reviewer is None or self.cache is None:
+        if self.cache is None:
             if trace is not None:
                 trace.enter("basic mode")
             identity = BASIC_IDENTITY
@@ -359,7 +365,7 @@ class Authenticator:
         review = self._review_once if trace is None else lambda t, a: self._review(t, a, trace)
         outcome, cache = self.cache.get_or_review(token, audiences, review)
         latency = None if cache == "hit" else round((time.perf_counter() - started) * 1000, 3)
-        found[0], found[1] = cache, latency
+        found[0], found[1], found[2] = cache, latency, outcome.cluster
         if cache == "stale":
             logger.warning("accepting a stale TokenReview: the API server is unavailable")
         if trace is None:
@@ -373,7 +379,7 @@ class Authenticator:
             outcome.memo[self] = identity
             return identity
         step, facts = trace.steps[-1]
-        if facts is None and step in ("local pre-check", "local verification"):
+        if facts is None and step in ("cluster", "local pre-check", "local verification"):
             identity_from_review(outcome, audiences)  # refused locally: the TokenReview's own refusal
         if step != "local verification":
             if step != "token review":
@@ -402,7 +408,6 @@ class Authenticator:
         (`flask_bindcar.precheck`); the cache keeps it as it keeps the API server's refusals. In
         jwt mode the keys answer instead of the TokenReview (`flask_bindcar.jwtmode`).
         """
-        assert self.reviewer is not None
         check_token_format(token)
         deadline = request_deadline(self.config.review_timeout)  # the keys and the TokenReview: one timeout
         try:
@@ -411,48 +416,18 @@ class Authenticator:
             end_request_deadline(deadline)
 
     def _ask(self, token: str, audiences: Sequence[str], trace: Trace | None) -> ReviewOutcome:
-        """In jwt mode the keys' answer; else the pre-check, then the TokenReview. A token the keys
-        could not vouch for (``undecided``: a kid they lack, another issuer, no JWT at all) shares
-        one caller's share of the review slots with every other such token, so a flood of them
-        cannot take the slots real callers need."""
-        assert self.reviewer is not None
-        if self.local is not None:
-            if trace is not None:
-                trace.enter("local verification")
-            outcome, claims = self.local.review(token, audiences)
-            if trace is not None and claims is not None:
-                trace.found(claims=claims, until=outcome.expires_at)
-            return outcome
-        share: str | None = None
-        if self.precheck is not None:
-            if trace is not None:
-                trace.enter("local pre-check")
-            verdict, detail = self.precheck.check(token, audiences)
-            if verdict == "refused":
-                return detail.outcome(token)  # type: ignore[no-any-return]
-            if verdict == "undecided":
-                share = UNVERIFIED_SHARE
-            if trace is not None:
-                trace.found(verdict=verdict, detail=detail)
-        if trace is not None:
-            trace.enter("token review")
-        if not self.bulkhead.acquire(share):
-            if share is not None and self.bulkhead.held(share) >= self.bulkhead.per_key:
-                why = OVERLOADED_UNVERIFIED.format(held=self.bulkhead.held(share))
-            else:
-                why = OVERLOADED.format(slots=self.config.review_max_inflight)
-            raise AuthError.api_call_failed(why, reason=API_OVERLOADED)
-        metrics = self.metrics
-        started = time.perf_counter()
-        if metrics is not None:
-            metrics.inflight.inc()
-        try:
-            return self.reviewer.review(token, audiences)
-        finally:
-            self.bulkhead.release(share)
-            if metrics is not None:
-                metrics.inflight.dec()
-                metrics.review_duration.observe(time.perf_counter() - started)
+        """Route the token to its cluster (`flask_bindcar.clusters`) and ask it: jwt mode's keys, or
+        the pre-check and the TokenReview. A token whose issuer is on no configured cluster is refused
+        as an unknown token, with no call to anyone."""
+        assert self.clusters is not None
+        cluster: TrustedCluster | None = self.clusters.route(token)
+        if self.clusters.default is None and trace is not None:
+            trace.enter("cluster")
+        if cluster is None:
+            return ReviewOutcome(authenticated=False, reason=UNKNOWN_ISSUER)
+        if cluster.name is not None and trace is not None:
+            trace.found(cluster=cluster.name)
+        return cluster.ask(token, audiences, trace)
 
 
 def _digest(secret: str) -> bytes:

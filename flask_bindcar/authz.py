@@ -156,7 +156,9 @@ class Authorizer:
         Raises `AccessDenied` (with the decision's reason kept apart from the body) or
         `AuthzUnavailable`.
         """
-        key = (identity.username, identity.uid, identity.groups, _extra_key(identity), attributes)
+        # The cluster too: each cluster has its own Authorizer, and the key says so as well, so no
+        # decision of one cluster's RBAC can ever answer for a caller of another.
+        key = (identity.cluster, identity.username, identity.uid, identity.groups, _extra_key(identity), attributes)
         started = time.perf_counter()
         try:
             decision, cache = self.cache.get_or_review(key, lambda: self._review(identity, attributes, deadline))

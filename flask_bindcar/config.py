@@ -142,10 +142,31 @@ def _audiences(name: str, raw: Any) -> tuple[str, ...]:
     return _parse_list(name, raw, what="audiences", valid=lambda a: not any(c.isspace() for c in a))
 
 
+def split_cluster(item: str) -> tuple[str | None, str]:
+    """``east/dns-system`` -> ``("east", "dns-system")``; an unqualified item -> ``(None, item)``
+    (any cluster). Neither a namespace nor a ServiceAccount username holds a ``/``."""
+    cluster, sep, rest = item.partition("/")
+    return (cluster, rest) if sep else (None, item)
+
+
+def _qualified(valid: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``valid``, for an item that may name a cluster first (``east/...``, docs/clusters.md); the
+    message of an invalid item stays the one it always was."""
+
+    def check(item: str) -> bool:
+        cluster, rest = split_cluster(item)
+        return (cluster is None or bool(_DNS_LABEL.match(cluster))) and valid(rest)
+
+    return check
+
+
 def parse_namespaces(name: str, raw: Any) -> frozenset[str]:
     return frozenset(
         _parse_list(
-            name, raw, what="namespaces (DNS labels such as dns-system)", valid=lambda n: bool(_DNS_LABEL.match(n))
+            name,
+            raw,
+            what="namespaces (DNS labels such as dns-system)",
+            valid=_qualified(lambda n: bool(_DNS_LABEL.match(n))),
         )
     )
 
@@ -157,7 +178,23 @@ def _valid_service_account(item: str) -> bool:
 
 def parse_service_accounts(name: str, raw: Any) -> frozenset[str]:
     what = "service accounts of the form system:serviceaccount:<namespace>:<name>"
-    return frozenset(_parse_list(name, raw, what=what, valid=_valid_service_account))
+    return frozenset(_parse_list(name, raw, what=what, valid=_qualified(_valid_service_account)))
+
+
+def check_cluster_names(name: str, items: Iterable[str] | None, clusters: tuple[ClusterEntry, ...] | None) -> None:
+    """`ConfigError` for an allowlist item naming a cluster that is not configured."""
+    known = [c.name for c in clusters or ()]
+    for item in sorted(items or ()):
+        cluster, _ = split_cluster(item)
+        if cluster is None or cluster in known:
+            continue
+        if not known:
+            raise ConfigError(
+                f"{name}: {item!r} names the cluster {cluster}, but no clusters are configured (BIND_CLUSTERS_FILE)"
+            )
+        raise ConfigError(
+            f"{name}: {item!r} names the cluster {cluster}, which is not in clusters ({', '.join(known)})"
+        )
 
 
 def _api_token(name: str, raw: Any) -> str:
@@ -316,6 +353,176 @@ def _text(name: str, raw: Any) -> str:
     return value
 
 
+CLUSTER_KEYS = ("name", "issuer", "kubeconfig", "context", "server", "token_file", "ca_file", "jwks_url")
+CLUSTER_TRIO = ("server", "token_file", "ca_file")
+
+
+@dataclass(frozen=True)
+class ClusterEntry:
+    """One trusted cluster of ``BIND_CLUSTERS_FILE`` / ``BINDCAR_CLUSTERS`` (docs/clusters.md).
+
+    Its API server is reached through ``kubeconfig`` (and ``context``), or ``server`` with
+    ``token_file`` and ``ca_file`` (the ``KUBE_*`` trio's fields); with neither, its tokens are
+    verified in jwt mode only, the keys from ``jwks_url`` or the issuer's discovery document.
+    """
+
+    name: str
+    issuer: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    server: str | None = None
+    token_file: str | None = None
+    ca_file: str | None = None
+    jwks_url: str | None = None
+
+    @property
+    def has_api_server(self) -> bool:
+        return self.kubeconfig is not None or self.server is not None
+
+    def describe(self) -> dict[str, str]:
+        return {k: v for k, v in ((k, getattr(self, k)) for k in CLUSTER_KEYS) if v is not None}
+
+
+def _readable(path: str) -> bool:
+    path = os.path.expanduser(path)
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _read_clusters_file(name: str, raw: str) -> Any:
+    """The ``clusters:`` list of a YAML file (a mounted ConfigMap, say)."""
+    path = raw.strip()
+    if not path:
+        raise _bad(name, raw, "the path of a YAML file with a top-level clusters: list")
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigError(
+            f"{name} is a YAML file, read with PyYAML, which comes with the Kubernetes client: {INSTALL_HINT}"
+        ) from None
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{name}: {path} cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{name}: {path} is not valid YAML{where}") from None
+    if not isinstance(document, dict) or "clusters" not in document:
+        raise ConfigError(f"{name}: {path} has no top-level clusters: list")
+    return document["clusters"]
+
+
+def _clusters(name: str, raw: Any) -> tuple[ClusterEntry, ...]:
+    """The trusted clusters: a list of mappings (``BINDCAR_CLUSTERS``), or the path of a YAML file
+    whose top-level ``clusters:`` is that list (``BIND_CLUSTERS_FILE``). Every entry is checked
+    here, and the error names it: ``BIND_CLUSTERS_FILE: clusters[1] (west): ...``."""
+    items = _read_clusters_file(name, raw) if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise _bad(name, raw, "a list of clusters (mappings with name and issuer), or the path of a YAML file")
+    if not items:
+        raise ConfigError(f"{name}={list(items)!r} lists no clusters; leave it unset for one cluster")
+    entries: list[ClusterEntry] = []
+    for i, item in enumerate(items):
+        entry = _cluster_entry(f"{name}: clusters[{i}]", item)
+        where = f"{name}: clusters[{i}] ({entry.name})"
+        for j, other in enumerate(entries):
+            if other.name == entry.name:
+                raise ConfigError(f"{where}: the name {entry.name} is already clusters[{j}]'s")
+            if other.issuer == entry.issuer:
+                raise ConfigError(f"{where}: the issuer {entry.issuer} is already clusters[{j}]'s ({other.name})")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _cluster_entry(at: str, item: Any) -> ClusterEntry:
+    """One entry, checked: its keys, its name, an https issuer, one readable way to its API server."""
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{at}: expected a mapping with name and issuer, not {type(item).__name__}")
+    name = item.get("name")
+    if not isinstance(name, str) or not _DNS_LABEL.match(name):
+        raise ConfigError(f"{at}: name={name!r} is not valid: expected a DNS label such as east (a-z, 0-9, -)")
+    at = f"{at} ({name})"
+    unknown = sorted(str(k) for k in item if k not in CLUSTER_KEYS)
+    if unknown:
+        raise ConfigError(f"{at}: unknown key {', '.join(unknown)}; known: {', '.join(CLUSTER_KEYS)}")
+    values: dict[str, str] = {}
+    for key in CLUSTER_KEYS:
+        value = item.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{at}: {key}={value!r} is not valid: expected a non-empty text")
+        values[key] = value.strip()
+    issuer = values.get("issuer")
+    if issuer is None:
+        raise ConfigError(f"{at}: issuer is required (the cluster's --service-account-issuer, the iss of its tokens)")
+    try:
+        _https_url("issuer", issuer)
+    except ConfigError:
+        raise ConfigError(
+            f"{at}: issuer={issuer!r} is not valid: expected an https:// URL (kube-apiserver's "
+            "--service-account-issuer; its discovery document and keys are fetched from it when nothing else is given)"
+        ) from None
+    entry = ClusterEntry(**values)
+    _check_cluster_access(at, entry)
+    return entry
+
+
+def _check_cluster_access(at: str, entry: ClusterEntry) -> None:
+    trio = [k for k in CLUSTER_TRIO if getattr(entry, k) is not None]
+    if entry.kubeconfig is not None and trio:
+        raise ConfigError(
+            f"{at}: kubeconfig and {trio[0]} are two ways to reach one API server: give a kubeconfig (and context), "
+            f"or {', '.join(CLUSTER_TRIO)}"
+        )
+    if trio and len(trio) != len(CLUSTER_TRIO):
+        missing = [k for k in CLUSTER_TRIO if k not in trio]
+        raise ConfigError(f"{at}: {', '.join(trio)} set without {', '.join(missing)}: all three or none")
+    if entry.context is not None and entry.kubeconfig is None:
+        raise ConfigError(f"{at}: context {entry.context} without a kubeconfig")
+    if entry.server is not None:
+        try:
+            _https_url("server", entry.server)
+        except ConfigError as e:
+            raise ConfigError(f"{at}: {e}") from None
+    for key in ("kubeconfig", "token_file", "ca_file"):
+        path = getattr(entry, key)
+        if path is not None and not _readable(path):
+            raise ConfigError(f"{at}: {key} {path} cannot be read")
+    if entry.context is not None and entry.kubeconfig is not None:
+        contexts = _kubeconfig_contexts(entry.kubeconfig)
+        if contexts is not None and entry.context not in contexts:
+            raise ConfigError(
+                f"{at}: context {entry.context} is not in kubeconfig {entry.kubeconfig} "
+                f"(it has: {', '.join(contexts) or 'none'})"
+            )
+    if entry.jwks_url is not None:
+        try:
+            _jwks_url("jwks_url", entry.jwks_url)
+        except ConfigError as e:
+            raise ConfigError(f"{at}: {e}") from None
+        if entry.jwks_url.startswith("/") and not entry.has_api_server:
+            raise ConfigError(
+                f"{at}: jwks_url={entry.jwks_url!r} is a path of the API server, and this cluster has none: give an "
+                "https URL"
+            )
+
+
+def _kubeconfig_contexts(path: str) -> list[str] | None:
+    """The context names of a kubeconfig; None when they cannot be read here (no PyYAML, not YAML)."""
+    try:
+        import yaml
+
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            document = yaml.safe_load(f)
+        return [str(c.get("name")) for c in document.get("contexts") or () if isinstance(c, dict)]
+    except Exception:  # the client reports a kubeconfig it cannot load, without quoting it
+        return None
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the configuration table."""
@@ -386,6 +593,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("token_precheck", "BINDCAR_TOKEN_PRECHECK", "BIND_TOKEN_PRECHECK", "auto", _precheck),
     Setting("token_issuers", "BINDCAR_TOKEN_ISSUER", "BIND_TOKEN_ISSUER", None, _issuers),
     Setting("jwks_url", "BINDCAR_JWKS_URL", "BIND_JWKS_URL", None, _jwks_url),
+    Setting("clusters", "BINDCAR_CLUSTERS", "BIND_CLUSTERS_FILE", None, _clusters),
     Setting(
         "jwt_max_token_lifetime",
         "BINDCAR_JWT_MAX_TOKEN_LIFETIME",
@@ -461,6 +669,11 @@ class AuthConfig:
     (in jwt mode with `token_issuers`, the ``jwks_uri`` of the first issuer's discovery document)."""
     jwt_max_token_lifetime: int = DEFAULT_JWT_MAX_TOKEN_LIFETIME
     """jwt mode: seconds from ``iat`` past which a token is refused whatever its ``exp``; 0: no cap."""
+    clusters: tuple[ClusterEntry, ...] | None = None
+    """The trusted clusters, tokens routed among them by issuer (docs/clusters.md); None: one cluster,
+    unnamed, as the settings above describe it."""
+    kube_context: str | None = None
+    """Not a setting: the kubeconfig context of one cluster's configuration (`flask_bindcar.clusters`)."""
     sources: Mapping[str, tuple[Source, str]] = field(default_factory=dict, compare=False, repr=False)
     """For each setting: where its value came from, and the name it was given there."""
 
@@ -512,6 +725,8 @@ class AuthConfig:
                 f"{self.sources['require_pod'][1]}=true needs {mode}=tokenreview or jwt: in Basic mode "
                 "nothing says which pod a token is bound to, so every request would be refused"
             )
+        check_cluster_names(self.sources["allowed_namespaces"][1], self.allowed_namespaces, self.clusters)
+        check_cluster_names(self.sources["allowed_service_accounts"][1], self.allowed_service_accounts, self.clusters)
         share = self.review_max_inflight_per_caller
         if share is not None and share > self.review_max_inflight:
             raise ConfigError(
@@ -520,6 +735,14 @@ class AuthConfig:
                 "review slots cannot be more than all of them"
             )
         if self.mode == "basic":
+            if self.clusters is not None:
+                raise ConfigError(
+                    f"{self.sources['clusters'][1]} needs {mode}=tokenreview or jwt: Basic mode verifies nothing a "
+                    "cluster could vouch for"
+                )
+            return
+        if self.clusters is not None:
+            self._check_clusters()
             return
         # Only whether it is installed: importing it here would import urllib3 and ssl in a gunicorn
         # master with --preload, before a gevent worker patches them (RecursionError on every review).
@@ -542,6 +765,40 @@ class AuthConfig:
             _https_url(self.sources["kube_api_server"][1], self.kube_api_server)
         if self.mode == "jwt":
             self._check_jwt_mode()
+
+    def _check_clusters(self) -> None:
+        """Several clusters: each entry names its own issuer, keys and API server, and the pre-check is on."""
+        where = self.sources["clusters"][1]
+        for setting in ("token_issuers", "jwks_url"):
+            if self.sources[setting][0] != "default":
+                raise ConfigError(
+                    f"{self.sources[setting][1]} is set per cluster with {where}: give each entry its issuer (and "
+                    "jwks_url)"
+                )
+        if self.token_precheck == "off" and self.sources["token_precheck"][0] != "default":
+            raise ConfigError(
+                f"{self.sources['token_precheck'][1]}=off with {where}: a token is sent to its cluster only after "
+                "that cluster's keys verified it, so the pre-check cannot be off"
+            )
+        assert self.clusters is not None
+        if any(c.has_api_server for c in self.clusters) and importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError(f"{where} names API servers, which need the Kubernetes client: {INSTALL_HINT}")
+        if any(not c.has_api_server for c in self.clusters) and importlib.util.find_spec("requests") is None:
+            raise ConfigError(f"{where} has clusters verified in jwt mode only, by https: {JWT_INSTALL_HINT}")
+        if self.require_allowlist and not self.has_allowlist:
+            raise ConfigError(
+                f"{self.sources['require_allowlist'][1]}=true, but {MODE_NAMES[self.mode]} has no allowlist"
+            )
+        for i, entry in enumerate(self.clusters):
+            if self.rbac is not None and not entry.has_api_server:
+                raise ConfigError(
+                    f"{where}: clusters[{i}] ({entry.name}) has no API server, and {self.sources['rbac'][1]} asks "
+                    "every caller's cluster for a SubjectAccessReview"
+                )
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.clusters or ())
 
     def _check_jwt_mode(self) -> None:
         """jwt mode: the issuer URL it fetches from is https, and what needs the API server has one."""
@@ -657,10 +914,12 @@ class AuthConfig:
         """The settings as plain values for logs and diagnostics; the shared secret only as set/unset."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "sources":
+            if f.name in ("sources", "kube_context"):  # not settings
                 continue
             value = getattr(self, f.name)
-            if f.name == "api_token":
+            if f.name == "clusters" and value is not None:
+                value = [c.describe() for c in value]
+            elif f.name == "api_token":
                 value = "set" if value else "unset"
             elif isinstance(value, frozenset):
                 value = sorted(value)

@@ -170,6 +170,9 @@ def doctor(
     if config.mode == "basic":
         checks.append(Check("kubernetes", "skip", "Basic mode does not call the Kubernetes API"))
         return Report("flask-bindcar doctor", checks)
+    if config.clusters is not None:
+        checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
+        return Report("flask-bindcar doctor", checks + _cluster_checks(config, authorization))
     if config.mode == "jwt":
         return Report("flask-bindcar doctor", checks + _jwt_checks(config, threads, environ, authorization))
     checks.append(bulkhead_check(config, threads, os.environ if environ is None else environ))
@@ -204,6 +207,27 @@ def _jwt_checks(
     else:
         checks.append(Check("kubernetes", "skip", "jwt mode with BIND_TOKEN_ISSUER and no RBAC does not call it"))
     return [*checks, keys_check(config)]
+
+
+def _cluster_checks(config: AuthConfig, authorization: bool | None) -> list[Check]:
+    """Each trusted cluster (``BIND_CLUSTERS_FILE``) as a configuration of its own would be checked:
+    its client, API server, permissions and probe TokenReview, then its keys; every line named
+    ``<cluster>: <check>``, so the report shows which cluster fails."""
+    from flask_bindcar.clusters import cluster_config
+
+    checks = []
+    for entry in config.clusters or ():
+        own = cluster_config(config, entry)
+        found = (
+            _kubernetes_checks(own, authorization, token_reviews=own.mode == "tokenreview")
+            if entry.has_api_server
+            else [Check("kubernetes", "skip", "no API server: its tokens are verified in jwt mode only")]
+        )
+        found.append(keys_check(own))
+        for check in found:
+            check.name = f"{entry.name}: {check.name}"
+        checks += found
+    return checks
 
 
 def keys_check(config: AuthConfig, *, name: str = "signing keys", failure: str = "fail") -> Check:

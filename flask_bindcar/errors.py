@@ -147,6 +147,8 @@ class AuthError(BindcarError, Unauthorized):
     cache: str | None = None
     """For the audit log: the review cache's answer when the failure came after a lookup."""
     review_latency_ms: float | None = None
+    cluster: str | None = None
+    """For the audit log and metrics: the trusted cluster the token was routed to, when it was."""
 
     def __init__(self, message: str, *, challenge: Challenge = "invalid_token", reason: str = "invalid_token"):
         super().__init__(description=message)
@@ -175,7 +177,7 @@ class AuthError(BindcarError, Unauthorized):
         namespaces, ServiceAccounts or the API server's words, does not.
         """
         error = AuthError(GENERIC_MESSAGE, challenge=self.challenge, reason=self.reason)
-        error.cache, error.review_latency_ms = self.cache, self.review_latency_ms
+        error.cache, error.review_latency_ms, error.cluster = self.cache, self.review_latency_ms, self.cluster
         return error
 
     @property

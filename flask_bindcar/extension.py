@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from flask_bindcar.authenticator import Authenticator
-from flask_bindcar.config import AuthConfig, parse_namespaces, parse_service_accounts
+from flask_bindcar.config import AuthConfig, check_cluster_names, parse_namespaces, parse_service_accounts
 from flask_bindcar.credentials import is_cors_preflight
 from flask_bindcar.errors import BindcarError, ConfigError
 from flask_bindcar.identity import ENVIRON_KEY, Identity, clear_remote_user, put_in_environ
@@ -157,8 +157,16 @@ def _check_views(app: Flask, config: AuthConfig) -> None:
     * ``@auth_required`` above ``@app.route``: the route registered the function it wrapped, so
       its policy would never run;
     * an app-wide RBAC rule naming view arguments (``name="{name}"``) on a protected route that
-      does not have them: every request to it would be a 503.
+      does not have them: every request to it would be a 503;
+    * an ``@auth_required`` allowlist naming a cluster (``east/zones``) that is not configured.
     """
+    for endpoint, function in sorted(app.view_functions.items()):
+        own: ViewPolicy | None = getattr(function, POLICY_ATTR, None)
+        if own is not None:
+            check_cluster_names(f"{endpoint}: auth_required(namespaces=...)", own.namespaces, config.clusters)
+            check_cluster_names(
+                f"{endpoint}: auth_required(service_accounts=...)", own.service_accounts, config.clusters
+            )
     misordered = sorted(e for e, v in app.view_functions.items() if getattr(v, UNWRAPPED_ATTR, False))
     if misordered:
         raise ConfigError(

@@ -10,6 +10,8 @@ SA_PREFIX = "system:serviceaccount:"
 
 ENVIRON_KEY = "bindcar.identity"
 """Where both adapters leave the caller's `Identity` in the WSGI environ."""
+CLUSTER_KEY = "bindcar.cluster"
+"""Where both adapters leave the name of the caller's cluster, beside ``REMOTE_USER`` (docs/clusters.md)."""
 
 AuthMethod = Literal["basic", "shared-secret", "tokenreview", "jwt"]
 
@@ -69,6 +71,9 @@ class Identity:
     node_name: str | None = None
     node_uid: str | None = None
     credential_id: str | None = None
+    cluster: str | None = None
+    """The name of the trusted cluster whose issuer minted the token (``BIND_CLUSTERS_FILE``); None
+    without that setting: one cluster, unnamed."""
 
     @property
     def is_service_account(self) -> bool:
@@ -81,7 +86,8 @@ class Identity:
 
 
 def put_in_environ(environ: MutableMapping[str, Any], identity: Identity) -> None:
-    """Leave ``identity`` with its request: at `ENVIRON_KEY`, and its username at ``REMOTE_USER``.
+    """Leave ``identity`` with its request: at `ENVIRON_KEY`, its username at ``REMOTE_USER``, its
+    cluster's name at `CLUSTER_KEY`.
 
     ``REMOTE_USER`` is where WSGI servers, loggers and frameworks look for the authenticated user
     (Werkzeug's ``request.remote_user``, gunicorn's ``%({remote_user}e)s``); it is removed when
@@ -93,8 +99,14 @@ def put_in_environ(environ: MutableMapping[str, Any], identity: Identity) -> Non
         environ["REMOTE_USER"] = identity.username
     else:
         environ.pop("REMOTE_USER", None)
+    if identity.cluster is not None:
+        environ[CLUSTER_KEY] = identity.cluster
+    else:
+        environ.pop(CLUSTER_KEY, None)
 
 
 def clear_remote_user(environ: MutableMapping[str, Any]) -> None:
-    """Remove a ``REMOTE_USER`` that flask-bindcar did not set (an exempt path, a refused request)."""
+    """Remove a ``REMOTE_USER`` (and ``bindcar.cluster``) that flask-bindcar did not set (an exempt
+    path, a refused request)."""
     environ.pop("REMOTE_USER", None)
+    environ.pop(CLUSTER_KEY, None)

@@ -33,7 +33,7 @@ from flask_bindcar.tokenreview import ReviewOutcome
 class LocalReview:
     """jwt mode's stand-in for the TokenReview call, for one `Authenticator`; keys per process."""
 
-    def __init__(self, config: AuthConfig, client: ApiServerClient):
+    def __init__(self, config: AuthConfig, client: ApiServerClient | None):
         self.config = config
         self.keys = PreCheck(config, client, mode="on")
         """Where the keys come from and the `KeyStore` of this process (``keys.store``)."""

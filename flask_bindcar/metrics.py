@@ -128,7 +128,14 @@ class Metrics:
         self.authorization = ShardedCounter(
             "bindcar_authorization", "Authorization (SubjectAccessReview) decisions by result.", ("result",)
         )
-        REGISTRY.register(_ShardedCollector([self.requests, self.cache, self.authorization]))
+        self.cluster_requests = ShardedCounter(
+            "flask_bindcar_cluster_requests",
+            "Decisions about tokens of each trusted cluster (BIND_CLUSTERS_FILE): authentication allow or deny, "
+            "RBAC forbidden or unavailable.",
+            ("cluster", "result"),
+        )
+        """Counted only with ``BIND_CLUSTERS_FILE``; ``cluster`` is a configured name, never a token's word."""
+        REGISTRY.register(_ShardedCollector([self.requests, self.cache, self.authorization, self.cluster_requests]))
         self.review_duration: Any = Histogram(
             "bindcar_tokenreview_duration_seconds",
             "Duration of TokenReview calls to the Kubernetes API server.",

@@ -49,6 +49,7 @@ def identity_from_review(outcome: ReviewOutcome, audiences: Collection[str]) -> 
         groups=tuple(str(g) for g in user.get("groups") or ()),
         extra=extra,
         audiences=granted,
+        cluster=outcome.cluster,
         namespace=sa[0] if sa else None,
         service_account=sa[1] if sa else None,
         **bound_fields(extra),
@@ -68,14 +69,19 @@ def authorize(
             raise AuthError.validation_failed(
                 NOT_SERVICE_ACCOUNT.format(username=identity.username or "(anonymous)"), reason="not_service_account"
             )
-        if identity.namespace not in namespaces:
+        if not _listed(identity.namespace, namespaces, identity.cluster):
             raise AuthError.validation_failed(NAMESPACE_DENIED.format(namespace=identity.namespace), reason="namespace")
-    if service_accounts is not None and identity.username not in service_accounts:
+    if service_accounts is not None and not _listed(identity.username, service_accounts, identity.cluster):
         raise AuthError.validation_failed(
             SERVICE_ACCOUNT_DENIED.format(username=identity.username or "(anonymous)"), reason="service_account"
         )
     if require_pod and not identity.is_pod_bound:
         raise AuthError.validation_failed(NOT_POD_BOUND, reason="not_pod_bound")
+
+
+def _listed(value: str | None, allowlist: Collection[str], cluster: str | None) -> bool:
+    """Whether ``value`` is on ``allowlist``, unqualified (any cluster) or as ``<cluster>/<value>``."""
+    return value in allowlist or (cluster is not None and f"{cluster}/{value}" in allowlist)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ class PreCheck:
     ``mode`` overrides ``BIND_TOKEN_PRECHECK``: jwt mode's keys are set up with ``on``.
     """
 
-    def __init__(self, config: AuthConfig, client: ApiServerClient, mode: Precheck | None = None):
+    def __init__(self, config: AuthConfig, client: ApiServerClient | None, mode: Precheck | None = None):
+        """``client`` None: a cluster without an API server, its keys from an https URL only."""
         self.config = config
         self.client = client
         self.mode: Precheck = mode or config.token_precheck
@@ -141,7 +142,9 @@ class PreCheck:
         elif self.config.mode == "jwt" and self.config.jwks_url is None:
             url, source = self._discover_at(issuers[0])
         if url.startswith("/"):
-            fetch: Any = lambda: self.client.get(url, _unavailable(url))  # noqa: E731
+            client = self.client
+            assert client is not None  # a cluster without an API server has an https jwks_url or discovery
+            fetch: Any = lambda: client.get(url, _unavailable(url))  # noqa: E731
         else:
             fetch = lambda: _https_get(url, self.config.review_timeout)  # noqa: E731
         store = KeyStore(
@@ -157,6 +160,7 @@ class PreCheck:
 
     def _discover(self) -> str:
         """The API server's own issuer, from its discovery document."""
+        assert self.client is not None
         body = self.client.get(DISCOVERY, _unavailable(DISCOVERY))
         try:
             issuer = json.loads(body).get("issuer")

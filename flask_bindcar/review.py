@@ -141,6 +141,8 @@ def _step_check(step: str, facts: dict[str, Any]) -> Check:
     """The line ``review`` prints for one step the chain passed (`Trace`)."""
     if step == "header":
         return Check(step, "pass", f"a well-formed bearer token of {facts['length']} characters")
+    if step == "cluster":
+        return Check(step, "pass", f"routed by its issuer to the cluster {facts['cluster']}")
     if step == "basic mode":
         return Check(step, "pass", f"accepted ({facts['method']})")
     if step == "local pre-check":

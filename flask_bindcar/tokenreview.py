@@ -41,6 +41,9 @@ class ReviewOutcome:
     """The reason label of a refusal decided here rather than by the API server; None: ``not_authenticated``."""
     expires_at: float | None = None
     """Epoch seconds after which the review cache must not reuse this outcome, besides the token's ``exp``."""
+    cluster: str | None = None
+    """The trusted cluster that answered (`flask_bindcar.clusters`), so a cached outcome carries it:
+    a cache hit does no routing."""
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """Values derived from this outcome alone (the `Identity` per audience list), computed once."""
 

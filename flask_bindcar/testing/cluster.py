@@ -74,12 +74,17 @@ class FakeCluster:
     serves: service accounts, pods, the callers allowed to create TokenReviews, latency and faults.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, workdir: str | Path | None = None):
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, workdir: str | Path | None = None, issuer: str = ISSUER
+    ):
         self._host = host
         self._port = port
         self._lock = threading.RLock()
-        self.issuer = Issuer()
-        """The ServiceAccount signing keys: the newest signs, all verify (`rotate_signing_key`)."""
+        self.issuer = Issuer(issuer)
+        """The ServiceAccount signing keys: the newest signs, all verify (`rotate_signing_key`); its
+        ``url`` is ``issuer``, kube-apiserver's ``--service-account-issuer``: the ``iss`` of the tokens
+        it mints and accepts, and the issuer its discovery document names. Two FakeClusters with
+        different issuers stand for two clusters (docs/clusters.md)."""
         self._ca = trustme.CA()
         self._server_cert = self._ca.issue_cert(host, "localhost")
         self._workdir = Path(workdir).resolve() if workdir is not None else None
@@ -109,6 +114,8 @@ class FakeCluster:
         """Users the stand-in's own API lets do everything, as ``system:masters`` would: the default
         caller, whose token its kubeconfig carries. Everyone else needs an RBAC rule (`allow`)."""
 
+        self.requests_seen = 0
+        """HTTP requests of any kind this cluster's server read (a test of "no call at all" counts them)."""
         self.reviews_served = 0
         """TokenReviews answered with 201."""
         self.review_requests = 0
@@ -356,7 +363,7 @@ class FakeCluster:
         pod: Pod | None,
         not_before: float | None = None,
     ) -> str:
-        claims = bound_token_claims(sa, audiences, expires_in, pod, not_before)
+        claims = bound_token_claims(sa, audiences, expires_in, pod, not_before, issuer=self.issuer.url)
         return self._sign(claims)
 
     def legacy_token(self, namespace: str, name: str) -> str:
@@ -406,7 +413,7 @@ class FakeCluster:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise LookupError("not a JWT") from None
-        if unverified.get("iss") not in (ISSUER, LEGACY_ISSUER):
+        if unverified.get("iss") not in (self.issuer.url, LEGACY_ISSUER):
             raise LookupError("not issued by this cluster")
         claims = self.issuer.verify(token)
         legacy = claims.get("iss") == LEGACY_ISSUER

@@ -163,8 +163,9 @@ def bound_token_claims(
     expires_in: float,
     pod: Pod | None = None,
     not_before: float | None = None,
+    issuer: str = ISSUER,
 ) -> dict[str, Any]:
-    """The claims kube-apiserver puts in a bound ServiceAccount token (TokenRequest)."""
+    """The claims kube-apiserver puts in a bound ServiceAccount token (TokenRequest), ``iss`` its ``issuer``."""
     now = int(time.time())
     k8s: dict[str, Any] = {"namespace": sa.namespace, "serviceaccount": {"name": sa.name, "uid": sa.uid}}
     if pod is not None:
@@ -173,7 +174,7 @@ def bound_token_claims(
         "aud": list(audiences) if audiences is not None else [API_AUDIENCE],
         "exp": now + int(expires_in),
         "iat": now,
-        "iss": ISSUER,
+        "iss": issuer,
         "jti": str(uuid.uuid4()),
         "kubernetes.io": k8s,
         "nbf": int(not_before) if not_before is not None else now,

@@ -66,7 +66,9 @@ def _algorithm(key: SigningKey) -> str:
 class Issuer:
     """The stand-in's signing keys: the newest signs, all of them verify."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = ISSUER) -> None:
+        self.url = url
+        """The ``iss`` of its tokens and of its discovery document (``--service-account-issuer``)."""
         self._lock = threading.Lock()
         self.keys: tuple[SigningKey, ...] = (rsa.generate_private_key(public_exponent=65537, key_size=2048),)
         """Every key tokens are verified with, oldest first; the last one signs."""
@@ -98,7 +100,7 @@ class Issuer:
         its own address (kube-apiserver's external address when no ``--service-account-jwks-uri``)."""
         algorithms = sorted({_algorithm(k) for k in self.keys})
         return {
-            "issuer": ISSUER,
+            "issuer": self.url,
             "jwks_uri": url + JWKS_PATH,
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],

@@ -16,6 +16,12 @@ from flask_bindcar.testing.reviews import SAR_PATH, SSAR_PATH, TOKENREVIEW_PATH,
 class Handler(ReviewEndpoints, ObjectEndpoints):
     """The stand-in's request handler: its routes, over the endpoints of both kinds."""
 
+    def parse_request(self) -> bool:
+        """Count every request read (`FakeCluster.requests_seen`), whatever it asks."""
+        with self.cluster._lock:
+            self.cluster.requests_seen += 1
+        return super().parse_request()
+
     def do_GET(self) -> None:
         if serve_documents(self) or self._core_api("GET") or self._object_api("GET"):
             return

@@ -53,6 +53,7 @@ class ClusterState(Protocol):
     service_accounts: dict[tuple[str, str], ServiceAccount]
     pods: dict[tuple[str, str], Pod]
     rbac: Rules
+    requests_seen: int
     reviews_served: int
     access_reviews_served: int
     access_review_requests: int
