@@ -3,8 +3,10 @@
 ``fake_cluster`` and ``fake_kubeconfig`` give the stand-in; ``real_cluster`` and
 ``real_kubeconfig`` a real kube-apiserver, for tests marked ``cluster`` under ``pytest --cluster``;
 ``any_cluster`` and ``any_kubeconfig`` run one test body on both: on the stand-in always, and on
-the real server too under ``pytest --cluster``. Imports nothing beyond pytest until a fixture is
-used, so installing flask-bindcar costs other test suites nothing.
+the real server too under ``pytest --cluster``; ``two_real_clusters`` gives two real control
+planes with different issuers (``east`` and ``west``), for services that trust several clusters.
+Imports nothing beyond pytest until a fixture is used, so installing flask-bindcar costs other
+test suites nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -26,6 +28,31 @@ TESTING_EXTRA = (
     "from a wheel built there, pip install 'dist/flask_bindcar-<version>-py3-none-any.whl[testing]'"
 )
 """The README's install advice, from a checkout or a wheel: a bare package name is not on PyPI."""
+TWO_CLUSTER_ISSUERS = {"east": "https://east.example.com", "west": "https://west.example.com"}
+"""The ``--service-account-issuer`` of each of `two_real_clusters`, by cluster name."""
+
+
+class TwoClusters(NamedTuple):
+    """`two_real_clusters`: ``east, west = two_real_clusters``, or by name (``.east``, `by_name`)."""
+
+    east: RealCluster
+    west: RealCluster
+
+    def by_name(self) -> dict[str, RealCluster]:
+        return {"east": self.east, "west": self.west}
+
+    def entries(self, directory: Path) -> list[dict[str, Any]]:
+        """A ``clusters`` setting for both: per cluster its ``name``, ``issuer`` and a
+        ``kubeconfig`` written in ``directory`` (``east.kubeconfig``...) presenting the cluster's
+        default caller, which may review tokens."""
+        return [
+            {
+                "name": name,
+                "issuer": cluster.issuer,
+                "kubeconfig": str(cluster.write_kubeconfig(directory / f"{name}.kubeconfig")),
+            }
+            for name, cluster in self.by_name().items()
+        ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,6 +109,37 @@ def real_cluster() -> Iterator[RealCluster]:
     """A `flask_bindcar.testing.RealCluster` (etcd and kube-apiserver) shared by the whole session."""
     with _testing("real_cluster").RealCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def two_real_clusters() -> Iterator[TwoClusters]:
+    """Two running `flask_bindcar.testing.RealCluster` objects shared by the session, ``east`` and
+    ``west`` (a `TwoClusters`): each its own etcd and kube-apiserver (ports, files, state), with the
+    issuer `TWO_CLUSTER_ISSUERS` names. Started side by side (some 10 s on 2 cores) and stopped
+    together.
+
+    Like `real_cluster`, for tests marked ``cluster``. Each has the default caller, which may
+    review; an account a test creates under the same name in both is two identities, which a
+    service trusting both must keep apart. A test that stops one's kube-apiserver
+    (`RealCluster.stop_apiserver`) starts it again before it ends.
+    """
+    testing = _testing("two_real_clusters")
+    clusters = [testing.RealCluster(issuer=issuer) for issuer in TWO_CLUSTER_ISSUERS.values()]
+    try:
+        _each(clusters, "start")  # a cluster whose start fails stops itself
+        yield TwoClusters(*clusters)
+    finally:
+        _each(clusters, "stop")
+
+
+def _each(clusters: list[RealCluster], method: str) -> None:
+    """Call ``method`` of every cluster at once, in threads; the first failure raised once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(clusters)) as pool:
+        done = [pool.submit(getattr(cluster, method)) for cluster in clusters]
+    for future in done:
+        future.result()
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ ServiceAccount signing key and the static token file, starts the binaries of an 
 ``/readyz`` answers, and stops them again, naming the binary that exited and the tail of each log
 when a start fails. Key rotation (`rotate_signing_key`) restarts kube-apiserver alone, as an
 operator does: a new ``--service-account-signing-key-file``, one more
-``--service-account-key-file``, etcd and its data untouched. What is done with the running API
-server is `RealCluster`'s.
+``--service-account-key-file``, etcd and its data untouched; `stop_apiserver` and
+`start_apiserver` make an outage of that one process. Each plane has its own working directory,
+ports and ``--service-account-issuer``, so several run side by side from the same binaries (one
+per cluster of a multi-cluster test). What is done with the running API server is `RealCluster`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from flask_bindcar.testing.interface import API_AUDIENCE, ISSUER
+from flask_bindcar.testing.interface import ISSUER
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 DEFAULT_ASSETS = Path("build/kube-assets")
@@ -71,11 +73,21 @@ def free_port() -> int:
 
 class ControlPlane:
     """etcd and kube-apiserver from ``assets``, with ``--authorization-mode=RBAC``, a ServiceAccount
-    issuer whose signing key it holds (`sign`), a cluster-admin (`admin_token`, group
-    ``system:masters``) and ``static_users`` with static tokens (`static_tokens`)."""
+    issuer (``--service-account-issuer``, `issuer`) whose signing key it holds (`sign`), a
+    cluster-admin (`admin_token`, group ``system:masters``) and ``static_users`` with static tokens
+    (`static_tokens`)."""
 
-    def __init__(self, assets: Path, workdir: Path | None, static_users: Iterable[str], start_timeout: float):
+    def __init__(
+        self,
+        assets: Path,
+        workdir: Path | None,
+        static_users: Iterable[str],
+        start_timeout: float,
+        issuer: str = ISSUER,
+    ):
         self.assets = assets
+        self.issuer = issuer
+        """The ``iss`` of every token this plane mints or signs: ``--service-account-issuer``."""
         self._workdir_arg = workdir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir: Path | None = None
@@ -132,9 +144,30 @@ class ControlPlane:
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver and start it again on the same port with the current flags (its log
         appended to), and wait until it is ready; etcd is not touched."""
-        index = next(i for i, (name, _) in enumerate(self._processes) if name == "kube-apiserver")
-        _, process = self._processes[index]
-        _terminate(process)
+        self.stop_apiserver()
+        self.start_apiserver()
+
+    def _apiserver_index(self) -> int:
+        if not self.running:
+            raise RuntimeError("the control plane is not started")
+        return next(i for i, (name, _) in enumerate(self._processes) if name == "kube-apiserver")
+
+    @property
+    def apiserver_running(self) -> bool:
+        """Whether kube-apiserver's process is alive (started, and not stopped by `stop_apiserver`)."""
+        return self.running and self._processes[self._apiserver_index()][1].poll() is None
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (SIGTERM, SIGKILL after 10 s): its port refuses connections
+        until `start_apiserver`; etcd keeps running. Its entry stays, so `stop` and the soak's
+        faults still find it."""
+        _terminate(self._processes[self._apiserver_index()][1])
+
+    def start_apiserver(self) -> None:
+        """Start a stopped kube-apiserver on the same port with the current flags (its log appended
+        to) and wait until it is ready; one still running is restarted."""
+        index = self._apiserver_index()
+        _terminate(self._processes[index][1])
         self._processes[index] = ("kube-apiserver", self._spawn("kube-apiserver", self._apiserver_args(), append=True))
         self._wait_ready()
 
@@ -221,10 +254,11 @@ class ControlPlane:
             f"--client-ca-file={d / 'ca.crt'}",
             f"--token-auth-file={d / 'tokens.csv'}",
             "--authorization-mode=RBAC",
-            f"--service-account-issuer={ISSUER}",
+            f"--service-account-issuer={self.issuer}",
             *(f"--service-account-key-file={public}" for _, public in key_files),
             f"--service-account-signing-key-file={key_files[-1][0]}",
-            f"--api-audiences={API_AUDIENCE}",
+            # The issuer, as kube-apiserver's own default (and API_AUDIENCE with the default issuer).
+            f"--api-audiences={self.issuer}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
@@ -272,13 +306,12 @@ class ControlPlane:
         return "\n".join(tails)
 
     def stop(self) -> None:
-        """Stop both processes (killed after 10 s); remove the working directory, or only etcd's
-        data and the generated certificates from one given to the constructor."""
+        """Stop both processes (killed after 10 s), kube-apiserver before etcd: terminated
+        together, kube-apiserver's graceful shutdown waits on the etcd going away and is killed.
+        Remove the working directory, or only etcd's data and the generated certificates from one
+        given to the constructor."""
         for _, process in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-        for _, process in reversed(self._processes):
-            _reap(process)
+            _terminate(process)
         self._processes.clear()
         for log in self._logs:
             log.close()

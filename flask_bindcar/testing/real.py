@@ -3,14 +3,16 @@
 `RealCluster` starts the binaries of an envtest-style ``KUBEBUILDER_ASSETS`` folder (``etcd``,
 ``kube-apiserver``, ``kubectl``; this repository builds them with ``make cluster-assets``) on free
 ports of 127.0.0.1, with generated certificates, ``--authorization-mode=RBAC`` and a
-ServiceAccount issuer whose signing keys it holds, rotated by restarting kube-apiserver (the
-processes are `flask_bindcar.testing.controlplane`'s). Everything else goes through the real API: accounts,
+ServiceAccount issuer (``issuer=``, `ISSUER` by default) whose signing keys it holds, rotated by
+restarting kube-apiserver (the processes are `flask_bindcar.testing.controlplane`'s). Several run
+at once from the same binaries, each with its own ports, files and etcd: two of them with
+different issuers are the two clusters of a multi-cluster test. Everything else goes through the real API: accounts,
 pods and tokens from TokenRequest, RBAC grants as Roles and bindings that count once a
 SubjectAccessReview says so. The tokens TokenRequest refuses to mint (expired, not yet valid) are
 signed with the cluster's own key.
 
 Only the standard library, ``trustme`` and ``PyJWT`` are used: no Flask, no ``kubernetes`` client.
-It runs past 400 lines because each helper of the interface both clusters share is here once, in
+It runs past 500 lines because each helper of the interface both clusters share is here once, in
 REST calls, with the waits RBAC and deletions need before a test may rely on them.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 from flask_bindcar.testing.controlplane import AssetsMissing, ControlPlane, find_assets
 from flask_bindcar.testing.interface import (
     DEFAULT_CALLER,
+    ISSUER,
     SA_PREFIX,
     InClusterFiles,
     Pod,
@@ -41,7 +44,7 @@ from flask_bindcar.testing.interface import (
 )
 from flask_bindcar.testing.rbac import GROUP, Rule, SubjectKind, groups_of, new_rule
 
-__all__ = ["STATIC_USERS", "ApiError", "AssetsMissing", "RealCluster", "find_assets"]
+__all__ = ["REVIEW_RESOURCES", "STATIC_USERS", "ApiError", "AssetsMissing", "RealCluster", "find_assets"]
 
 REVIEW_BINDING = "flask-bindcar-test-reviewer"
 """The ClusterRoleBinding that lets the default caller create TokenReviews (``system:auth-delegator``)."""
@@ -50,6 +53,8 @@ STATIC_USERS = ("jane",)
 SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 RBAC_WAIT = 10.0
 """Seconds a grant or a revocation may take to reach the RBAC authorizer (it learns them by a watch)."""
+REVIEW_RESOURCES = ("tokenreviews", "subjectaccessreviews")
+"""What `RealCluster.review_counts` counts: the reviews a service protected by flask-bindcar sends."""
 
 
 class ApiError(Exception):
@@ -66,7 +71,10 @@ class RealCluster:
     """etcd and kube-apiserver, started for tests; a context manager like `FakeCluster`.
 
     ``static_users`` are the non-ServiceAccount users with static tokens; `add_caller` hands out
-    their tokens.
+    their tokens. ``issuer`` is kube-apiserver's ``--service-account-issuer``, the ``iss`` of its
+    tokens (`ISSUER`, the in-cluster default, unless given), and its ``--api-audiences``, the
+    audience of a token minted without one: two clusters with different issuers are two clusters a
+    token's ``iss`` tells apart.
     """
 
     def __init__(
@@ -76,10 +84,15 @@ class RealCluster:
         workdir: str | Path | None = None,
         static_users: Iterable[str] = STATIC_USERS,
         start_timeout: float = 60.0,
+        issuer: str = ISSUER,
     ):
         self.assets = find_assets(assets)
         self._plane = ControlPlane(
-            self.assets, Path(workdir).resolve() if workdir is not None else None, static_users, start_timeout
+            self.assets,
+            Path(workdir).resolve() if workdir is not None else None,
+            static_users,
+            start_timeout,
+            issuer,
         )
         self._bindings = itertools.count(1)
         self.caller_token = ""
@@ -112,6 +125,11 @@ class RealCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def issuer(self) -> str:
+        """kube-apiserver's ``--service-account-issuer``: the ``iss`` of this cluster's tokens."""
+        return self._plane.issuer
 
     @property
     def port(self) -> int:
@@ -376,7 +394,8 @@ class RealCluster:
         auds = list(audiences) if audiences is not None else None
         if expires_in >= 600 and not_before is None:
             return self._token_request(namespace, name, auds, int(expires_in), bound)
-        claims = bound_token_claims(sa, auds, expires_in, bound, not_before)
+        claims = bound_token_claims(sa, auds if auds is not None else [self.issuer], expires_in, bound, not_before)
+        claims["iss"] = self.issuer
         return self._plane.sign(claims)
 
     def sign(self, claims: dict[str, Any]) -> str:
@@ -394,6 +413,42 @@ class RealCluster:
         kid = self._plane.rotate_signing_key()
         self._wait_can_review(DEFAULT_CALLER, True)
         return kid
+
+    # -- outages and counters ----------------------------------------------------------------
+
+    @property
+    def apiserver_running(self) -> bool:
+        """Whether kube-apiserver runs (False after `stop_apiserver`, until `start_apiserver`)."""
+        return self._plane.apiserver_running
+
+    def stop_apiserver(self) -> None:
+        """Stop this cluster's kube-apiserver alone: its port refuses connections (an outage of
+        this cluster; etcd and its data stay) until `start_apiserver`."""
+        self._plane.stop_apiserver()
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again after `stop_apiserver`, on the same port with the same flags;
+        returns once it is ready and RBAC answers (its authorizer learns the grants anew by a
+        watch), with accounts, pods and grants as they were. Its tokens minted before still
+        authenticate; its `review_counts` start again from zero."""
+        self._plane.start_apiserver()
+        self._wait_can_review(DEFAULT_CALLER, True)
+
+    def review_counts(self) -> dict[str, int]:
+        """How many TokenReviews and SubjectAccessReviews kube-apiserver has served since it last
+        started, whoever asked and whatever the answer: its own ``apiserver_request_total``
+        counter (``GET /metrics`` as cluster-admin), by resource (`REVIEW_RESOURCES`). The
+        reviews `access_allowed`, `can_review` and the grants' waits send count too."""
+        text = self._request("GET", "/metrics")
+        counts = dict.fromkeys(REVIEW_RESOURCES, 0)
+        for line in str(text).splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels, value = line.rsplit(" ", 1)
+            for resource in REVIEW_RESOURCES:
+                if f'resource="{resource}"' in labels:
+                    counts[resource] += int(float(value))
+        return counts
 
     def _token_request(
         self, namespace: str, name: str, audiences: list[str] | None, seconds: int, pod: Pod | None
