@@ -197,6 +197,7 @@ def test_the_fixture_scopes_are_the_plugins(tmp_path: Path) -> None:
             "fake_kubeconfig": "function",
             "real_cluster": "session",
             "real_kubeconfig": "function",
+            "two_real_clusters": "session",
         }
     )
 
