@@ -17,7 +17,17 @@ PAGE = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance.png"
 PUBLISHED = ROOT / "benchmarks" / "results.json"
 """The figures behind the page, kept beside the code that measured them."""
-BENCHES = ("1_warm", "2_cold", "3_reviews_sent", "4_garbage", "5_gunicorn", "6_authz_warm", "7_flood", "8_local")
+BENCHES = (
+    "1_warm",
+    "2_cold",
+    "3_reviews_sent",
+    "4_garbage",
+    "5_gunicorn",
+    "6_authz_warm",
+    "7_flood",
+    "8_local",
+    "9_clusters",
+)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -115,6 +125,21 @@ A locally refused token (each one new, as a forger sends them) costs
 {cost["per_request_us"]["refused locally"]} µs against {cost["per_request_us"]["warm cached request"]} µs for a warm
 cached request: **{cost["ratio"]:.2f}** × (the target is under 2 ×; an RSA-2048 signature check is
 most of it).{jwt_text}"""
+
+
+def _clusters(clusters: dict[str, Any] | None) -> str:
+    """Figure 9: a warm request of an app that trusts five clusters."""
+    if not clusters:
+        return "Not measured in this run."
+    rows = [(name, f"{us} µs") for name, us in clusters["per_request_us"].items()]
+    return f"""The same route and token (from the third of five FakeClusters, each with its own issuer), both
+caches warm: an app configured with that one cluster, and one that trusts all five
+(`BINDCAR_CLUSTERS`).
+
+{_table([("", "per request"), *rows])}
+
+Five clusters ÷ one: **{clusters["ratio"]:.2f}**. A cache hit does no routing: the cached outcome
+already names its cluster, and only a miss reads the token's issuer to choose one."""
 
 
 def _authz_warm(authz: dict[str, Any] | None) -> str:
@@ -237,6 +262,10 @@ generator shares the machine's two cores with the server.
 ## 8. Local verification
 
 {_local(results.get("8_local"))}
+
+## 9. Several clusters
+
+{_clusters(results.get("9_clusters"))}
 
 ## Tuning
 

@@ -24,6 +24,8 @@ in ``tests/`` proves behaviour; this measures cost.
    tokens are served, with the pre-check off and on, forgeries naming the issuer's ``kid`` and
    made-up ones, and how many TokenReviews the forgeries cost; the cost of a locally refused
    token / a warm cached request; a valid token's cold path with the pre-check on / off.
+9. several clusters: a warm request of an app that trusts 5 clusters (``BINDCAR_CLUSTERS``, the
+   token from the third) / the same request of a single-cluster app.
 """
 
 from __future__ import annotations
@@ -711,6 +713,30 @@ def bench_jwt_mode(cluster: FakeCluster, kubeconfig: Path, token: str, per_sampl
     }
 
 
+# -- 9 ----------------------------------------------------------------------------------------
+
+
+def bench_clusters(cluster: FakeCluster, kubeconfig: Path, quick: bool) -> dict[str, Any]:
+    """A warm request routed among 5 configured clusters / the same with one cluster."""
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        fakes = [stack.enter_context(FakeCluster(issuer=f"https://c{i}.example.com")) for i in range(5)]
+        entries = [
+            {"name": f"c{i}", "issuer": f.issuer.url, "kubeconfig": str(f.write_kubeconfig(Path(tmp) / f"c{i}"))}
+            for i, f in enumerate(fakes)
+        ]
+        token = fakes[2].token("dns-system", "external-dns", audiences=["bindcar"])
+        environ = EnvironBuilder(path=ROUTE, headers={"Authorization": f"Bearer {token}"}).get_environ()
+        single, several = bare_app(), bare_app()
+        BindcarAuth(single, mode="tokenreview", kubeconfig=entries[2]["kubeconfig"])
+        BindcarAuth(several, mode="tokenreview", clusters=entries)
+        apps = {"bare Flask": bare_app(), "one cluster": single, "5 clusters": several}
+        medians = warm_medians(apps, environ, quick)
+    return {
+        "per_request_us": {name: round(v * 1e6, 2) for name, v in medians.items()},
+        "ratio": round(medians["5 clusters"] / medians["one cluster"], 3),
+    }
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
@@ -739,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where to write the results (default: {RESULTS.relative_to(ROOT)}, ignored by git); "
         "`python -m benchmarks.report` turns a full run into docs/performance.md (make bench-docs)",
     )
-    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-8)")
+    parser.add_argument("--only", type=int, action="append", help="run only these benchmarks (1-9)")
     args = parser.parse_args(argv)
     started_run = time.perf_counter()
 
@@ -752,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         "6_authz_warm": bench_authz_warm,
         "7_flood": bench_flood,
         "8_local": bench_local,
+        "9_clusters": bench_clusters,
     }
     results: dict[str, Any] = {"machine": machine()}
     with FakeCluster() as cluster, tempfile.TemporaryDirectory() as tmp:

@@ -46,6 +46,6 @@ def test_bench_docs_publishes_only_a_full_run(tmp_path: Path) -> None:
         [sys.executable, "-m", "benchmarks.report", str(partial)], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 1
-    missing = "1_warm, 2_cold, 4_garbage, 5_gunicorn, 6_authz_warm, 7_flood, 8_local"
+    missing = "1_warm, 2_cold, 4_garbage, 5_gunicorn, 6_authz_warm, 7_flood, 8_local, 9_clusters"
     assert f"is not a full run (missing {missing}): run make bench first" in result.stderr
     assert digests() == before
