@@ -76,9 +76,10 @@ class Recorder:
         (counted here, in one step with the decision: this is the warm path)."""
         metrics = self.metrics
         if metrics is not None:
-            metrics.requests.inc("allow", "ok")
-            if cache is not None:
-                metrics.cache.inc(*self._cache_labels[cache])
+            if cache is None:
+                metrics.requests.inc("allow", "ok")
+            else:  # the decision and the cache lookup, in one increment (`Metrics.admitted`)
+                metrics.admitted.inc(*self._cache_labels[cache])
             if identity.cluster is not None:
                 metrics.cluster_requests.inc(identity.cluster, "allow")
         if not self.quiet and audit_logger.isEnabledFor(logging.INFO):

@@ -18,7 +18,7 @@ import itertools
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _lock = threading.Lock()
@@ -101,15 +101,27 @@ class ShardedCounter:
 
 
 class _ShardedCollector:
-    def __init__(self, counters: list[ShardedCounter]):
+    def __init__(self, counters: list[ShardedCounter], admitted: ShardedCounter, requests: str, cache: str):
         self.counters = counters
+        self.admitted = admitted
+        self.merged: dict[str, Callable[[tuple[str, ...]], tuple[str, ...]]] = {
+            requests: lambda labels: ("allow", "ok"),
+            cache: lambda labels: labels,
+        }
+        """The counters `admitted` is part of, and its labels there (see `Metrics.admitted`)."""
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
+        admitted = self.admitted.values()
         for counter in self.counters:
             family = CounterMetricFamily(counter.name, counter.documentation, labels=list(counter.labelnames))
-            for labels, n in sorted(counter.values().items()):
+            values = counter.values()
+            relabel = self.merged.get(counter.name)
+            if relabel is not None:
+                for labels, n in admitted.items():
+                    values[relabel(labels)] = values.get(relabel(labels), 0) + n
+            for labels, n in sorted(values.items()):
                 family.add_metric(list(labels), n)
             yield family
 
@@ -125,6 +137,10 @@ class Metrics:
             "bindcar_auth_requests", "Authentication decisions by result and reason.", ("result", "reason")
         )
         self.cache = ShardedCounter("bindcar_tokenreview_cache", "TokenReview cache lookups by outcome.", ("outcome",))
+        self.admitted = ShardedCounter("bindcar_admitted", "", ("outcome",))
+        """A request admitted by authentication after a cache lookup, by the lookup's outcome: one
+        increment on the warm path where there would be two, reported (never under its own name) as
+        an ``allow``/``ok`` of `requests` and a lookup of `cache`."""
         self.authorization = ShardedCounter(
             "bindcar_authorization", "Authorization (SubjectAccessReview) decisions by result.", ("result",)
         )
@@ -135,7 +151,14 @@ class Metrics:
             ("cluster", "result"),
         )
         """Counted only with ``BIND_CLUSTERS_FILE``; ``cluster`` is a configured name, never a token's word."""
-        REGISTRY.register(_ShardedCollector([self.requests, self.cache, self.authorization, self.cluster_requests]))
+        REGISTRY.register(
+            _ShardedCollector(
+                [self.requests, self.cache, self.authorization, self.cluster_requests],
+                self.admitted,
+                requests=self.requests.name,
+                cache=self.cache.name,
+            )
+        )
         self.review_duration: Any = Histogram(
             "bindcar_tokenreview_duration_seconds",
             "Duration of TokenReview calls to the Kubernetes API server.",
