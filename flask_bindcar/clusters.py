@@ -33,9 +33,10 @@ from flask_bindcar.authz import Authorizer
 from flask_bindcar.bulkhead import DEFAULT_WAIT, Bulkhead, default_share
 from flask_bindcar.config import AuthConfig, ClusterEntry
 from flask_bindcar.errors import API_OVERLOADED, OVERLOADED, OVERLOADED_UNVERIFIED, AuthError
+from flask_bindcar.jwtcheck import NO_KEYS, LocalRejection
 from flask_bindcar.jwtmode import LocalReview
 from flask_bindcar.metrics import Metrics
-from flask_bindcar.precheck import JWKS, PreCheck
+from flask_bindcar.precheck import JWKS, UNKNOWN_KID, PreCheck
 from flask_bindcar.tokenreview import ReviewOutcome
 
 if TYPE_CHECKING:
@@ -135,7 +136,12 @@ class TrustedCluster:
                 return detail.outcome(token)  # type: ignore[no-any-return]
             if verdict == "undecided":
                 if self.routed:  # not sent to a cluster it may not belong to; not kept either
-                    return ReviewOutcome(authenticated=False, expires_at=time.time())
+                    refusal = (
+                        LocalRejection(NO_KEYS, "no_key").outcome(token)  # what the cluster would say of that kid
+                        if detail == UNKNOWN_KID
+                        else ReviewOutcome(authenticated=False)
+                    )
+                    return replace(refusal, expires_at=time.time())
                 share = UNVERIFIED_SHARE
             if trace is not None:
                 trace.found(verdict=verdict, detail=detail)

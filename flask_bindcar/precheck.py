@@ -42,6 +42,8 @@ MIN_REFETCH_INTERVAL = 5.0
 RETRY_INTERVAL = 5.0
 """With ``on``, seconds between two attempts to set the keys up after one failed."""
 KEYS_UNAVAILABLE = "keys_unavailable"
+UNKNOWN_KID = "a kid the kept keys lack (fetched again at most every few seconds)"
+"""Why a token is ``undecided`` when it names a ``kid`` the keys lack and no refetch may run yet."""
 
 Verdict = Literal["refused", "verified", "undecided", "unavailable", "off"]
 
@@ -92,7 +94,7 @@ class PreCheck:
             if e.reason == "no_key" and store.fetches == fetches:
                 # No key of that kid in a set fetched before this token came: the refetch interval
                 # held it back, and a key published since would make the API server accept it.
-                return "undecided", "a kid the kept keys lack (fetched again at most every few seconds)"
+                return "undecided", UNKNOWN_KID
             return "refused", e
         except KeysUnavailable as e:
             return self._no_keys(str(e))

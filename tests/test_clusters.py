@@ -141,13 +141,15 @@ def test_a_token_of_another_issuer_is_refused_without_a_call(
 def test_a_token_claiming_a_cluster_it_was_not_signed_by_is_never_sent_there(
     east: RecordingFakeCluster, west: RecordingFakeCluster, clusters: list[dict[str, Any]]
 ) -> None:
-    """West's token with east's ``iss``: east's keys refuse it, and east never reviews it."""
+    """West's token with east's ``iss``: east's keys refuse it as east would (a kid it does not
+    have), and east never reviews it."""
     client = flask_client(clusters=clusters)
     sa = west.create_service_account(NS, SA)
     from flask_bindcar.testing.interface import bound_token_claims
 
     token = WATCH.add(west.sign(bound_token_claims(sa, ["bindcar"], 3600, issuer=EAST)))
-    assert call(client, token) == (401, NOT_AUTHENTICATED)
+    no_keys = "Token validation failed: [invalid bearer token, invalid signature, no keys found]"
+    assert call(client, token) == (401, {"error": no_keys})
     assert (east.review_requests, west.requests_seen) == (0, 0)
 
 
