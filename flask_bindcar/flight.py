@@ -99,6 +99,15 @@ class SingleFlightCache(Generic[Q, V, E]):
         ``kept`` (what is kept past its freshness, if anything) and ``"stale"`` to answer with it."""
         raise NotImplementedError
 
+    def fresh(self, key: Hashable) -> V | None:
+        """The answer kept for ``key`` while it is fresh, else None: a hit, with no lock and nothing
+        else to set up (`get_or_lead` asks for everything else)."""
+        kept = self._kept.get(key)
+        if kept is not None and time.monotonic() < kept.fresh_until:
+            kept.used = True
+            return kept.value
+        return None
+
     def get_or_lead(self, key: Hashable, question: Q) -> tuple[V, CacheResult]:
         """The fresh answer kept for ``key``, or the answer of one `_lead` shared by all who ask now.
 
